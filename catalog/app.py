@@ -1,0 +1,275 @@
+"""One ASGI app: the STAC API (stac-fastapi-pgstac), tiles (titiler-pgstac at /raster),
+downloads, /health and /metrics — built from settings by `create_app`, nothing at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Literal
+from urllib.parse import urlsplit
+
+import asyncpg
+import orjson
+import psycopg
+from brotli_asgi import BrotliMiddleware
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from psycopg_pool import ConnectionPool, PoolTimeout
+from pypgstac.version import __version__ as PYPGSTAC_VERSION
+from stac_fastapi.pgstac.app import instantiate_api
+from stac_fastapi.pgstac.config import Settings as StacSettings
+from stac_fastapi.pgstac.core import CoreCrudClient
+from stac_fastapi.pgstac.db import translate_pgstac_errors
+from stac_fastapi.pgstac.models.extensions import Extensions
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from catalog import __version__
+from catalog.auth import require_role
+from catalog.database import resolve_urls
+from catalog.errors import DatabaseUnavailable, LandsurfError, NotFound, SchemaMismatch
+from catalog.logging import get_logger
+from catalog.metrics import Metrics
+from catalog.settings import CatalogSettings
+from catalog.store import DOWNLOAD_PREFIX, AssetStore
+from catalog.tiles import MountedRootPath, create_tiler_app
+
+log = get_logger(__name__)
+
+# Database failures that mean "try again later", never "the server is broken".
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    psycopg.errors.QueryCanceled,
+    psycopg.OperationalError,
+    PoolTimeout,
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+
+TRANSACTION_SCOPES = [
+    {"path": "/collections", "method": "POST"},
+    {"path": "/collections/{collection_id}", "method": "PUT"},
+    {"path": "/collections/{collection_id}", "method": "PATCH"},
+    {"path": "/collections/{collection_id}", "method": "DELETE"},
+    {"path": "/collections/{collection_id}/items", "method": "POST"},
+    {"path": "/collections/{collection_id}/items/{item_id}", "method": "PUT"},
+    {"path": "/collections/{collection_id}/items/{item_id}", "method": "PATCH"},
+    {"path": "/collections/{collection_id}/items/{item_id}", "method": "DELETE"},
+]
+
+
+def _error_body(code: str, description: str) -> dict[str, str]:
+    return {"code": code, "description": description}
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable", path=request.url.path, error=type(exc).__name__, detail=str(exc)[:200])
+    return JSONResponse(
+        status_code=503,
+        headers={"Retry-After": "5"},
+        content=_error_body("ServiceUnavailable", "the catalog database did not answer in time; retry shortly"),
+    )
+
+
+async def _bad_query(request: Request, exc: Exception) -> JSONResponse:
+    """pgSTAC rejects a filter or search it cannot evaluate: the client's request is at fault."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return JSONResponse(status_code=400, content=_error_body("BadRequest", f"invalid search: {message}"))
+
+
+async def _domain_error(request: Request, exc: LandsurfError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    return JSONResponse(status_code=exc.http_status, headers=headers,
+                        content=_error_body(type(exc).__name__, str(exc)))
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """One map from failure to status, on every (sub-)application."""
+    for exc in UNAVAILABLE:
+        app.add_exception_handler(exc, _unavailable)
+    for exc in (asyncpg.exceptions.DataError, psycopg.errors.DataError):
+        app.add_exception_handler(exc, _bad_query)
+    app.add_exception_handler(LandsurfError, _domain_error)  # type: ignore[arg-type]
+
+
+class PublicUrlMiddleware:
+    """Every URL the app emits starts with the configured public base, whatever the Host header."""
+
+    def __init__(self, app: ASGIApp, public_url: str) -> None:
+        self.app = app
+        parts = urlsplit(public_url)
+        self.scheme = parts.scheme
+        self.host = parts.netloc.encode()
+        self.prefix = parts.path.rstrip("/")
+        self.hostname = parts.hostname or "localhost"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope = dict(scope)
+            scope["scheme"] = self.scheme
+            scope["server"] = (self.hostname, self.port)
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"host"] + [(b"host", self.host)]
+            if self.prefix:
+                scope["root_path"] = self.prefix
+                scope["app_root_path"] = self.prefix
+        await self.app(scope, receive, send)
+
+
+def _asyncpg_pool_kwargs(settings: CatalogSettings) -> dict[str, Any]:
+    return dict(
+        min_size=settings.db_min_conn,
+        max_size=settings.db_max_conn,
+        timeout=settings.connect_timeout_s,
+        max_inactive_connection_lifetime=300,
+        server_settings={
+            "search_path": "pgstac,public",
+            "application_name": "landsurf-api",
+            "statement_timeout": str(settings.statement_timeout_ms),
+        },
+    )
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for codec in ("json", "jsonb"):
+        await conn.set_type_codec(codec, encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog")
+
+
+def _bounded_connection_getter(timeout: float):
+    """stac-fastapi's connection getter, with a bound on waiting for the pool."""
+
+    @asynccontextmanager
+    async def get_connection(request: Request, readwrite: Literal["r", "w"] = "r") -> AsyncIterator:
+        pool = request.app.state.writepool if readwrite == "w" else request.app.state.readpool
+        with translate_pgstac_errors():
+            async with pool.acquire(timeout=timeout) as conn:
+                yield conn
+
+    return get_connection
+
+
+async def check_database(app: FastAPI, timeout: float) -> dict[str, Any]:
+    """Reachable? Which pgSTAC? Does it match the library? Used by /health and at start-up."""
+    async with app.state.readpool.acquire(timeout=timeout) as conn:
+        version = await asyncio.wait_for(conn.fetchval("SELECT pgstac.get_version()"), timeout)
+    return {"pgstac_version": version, "expected_pgstac_version": PYPGSTAC_VERSION,
+            "schema_ok": version == PYPGSTAC_VERSION}
+
+
+def create_app(settings: CatalogSettings | None = None) -> FastAPI:
+    """Build the whole API from settings."""
+    settings = settings or CatalogSettings()
+    urls = resolve_urls(settings)
+    store = AssetStore.from_settings(settings)
+    os.environ.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    os.environ.setdefault("GDAL_CACHEMAX", "256")
+    os.environ.setdefault("VSI_CACHE", "TRUE")
+
+    tiler = create_tiler_app(store, {})
+    add_error_handlers(tiler)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        kwargs = _asyncpg_pool_kwargs(settings)
+        try:
+            app.state.readpool = await asyncpg.create_pool(urls.api, init=_init_connection, **kwargs)
+            app.state.writepool = await asyncpg.create_pool(
+                urls.ingest, init=_init_connection, **{**kwargs, "min_size": 0})
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            raise DatabaseUnavailable(f"the API cannot reach its database: {exc}",
+                                      "run `landsurf db start` or check LANDSURF_DATABASE_URL") from exc
+        app.state.get_connection = _bounded_connection_getter(settings.pool_timeout_s)
+        info = await check_database(app, settings.connect_timeout_s)
+        if not info["schema_ok"]:
+            raise SchemaMismatch(
+                f"the database has pgSTAC {info['pgstac_version']} but this landsurf needs {PYPGSTAC_VERSION}",
+                "run `landsurf db migrate`",
+            )
+        tiler.state.dbpool = ConnectionPool(
+            conninfo=urls.api, min_size=1, max_size=settings.db_max_conn, timeout=settings.pool_timeout_s,
+            max_idle=300, num_workers=2, open=True,
+            kwargs={"options": f"-c search_path=pgstac,public -c application_name=landsurf-tiler "
+                               f"-c statement_timeout={settings.statement_timeout_ms}",
+                    "connect_timeout": max(1, int(settings.connect_timeout_s))},
+        )
+        tiler.state.dbpool.wait(timeout=settings.connect_timeout_s)
+        log.info("api ready", public_url=settings.public_url, pgstac=info["pgstac_version"])
+        yield
+        tiler.state.dbpool.close()
+        await app.state.readpool.close()
+        await app.state.writepool.close()
+
+    stac_settings = StacSettings(
+        stac_fastapi_title="landsurf",
+        stac_fastapi_description="Land-surface products (Sentinel-2 L2A MUSCATE, snow, L3A, snow duration).",
+        stac_fastapi_landing_id="landsurf",
+        stac_fastapi_version=__version__,
+        enable_transactions_extensions=True,
+        use_api_hydrate=settings.api_hydrate,
+        openapi_url="/api",
+        docs_url="/api.html",
+    )
+    client = functools.partial(CoreCrudClient, landing_page_id="landsurf", title=stac_settings.stac_fastapi_title,
+                               description=stac_settings.stac_fastapi_description)
+    api = instantiate_api(client=client, settings=stac_settings,  # type: ignore[arg-type]
+                          extensions=Extensions(settings=stac_settings), lifespan=lifespan)
+    api.add_route_dependencies(scopes=TRANSACTION_SCOPES, dependencies=[Depends(require_role("admin"))])
+    app = api.app
+    add_error_handlers(app)
+
+    # stac-fastapi's Brotli would re-compress PNG tiles; titiler compresses what it should
+    app.user_middleware = [
+        Middleware(BrotliMiddleware, excluded_handlers=[r"^/raster/", rf"^{DOWNLOAD_PREFIX}/"])
+        if m.cls is BrotliMiddleware else m
+        for m in app.user_middleware
+    ]
+    app.mount("/raster", MountedRootPath(tiler), name="raster")
+
+    @app.api_route(DOWNLOAD_PREFIX + "/{path:path}", methods=["GET", "HEAD"], tags=["Download"],
+                   response_class=FileResponse)
+    async def download(path: str, request: Request) -> Response:
+        """One published file, with Range, ETag and Last-Modified (what GDAL's /vsicurl/ needs)."""
+        local: Path = store.path(path)
+        try:
+            stat = local.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            stat = None
+        if stat is None or not local.is_file():
+            raise NotFound(f"no file {path} in the store", "check the asset href in the item")
+        response = FileResponse(local, stat_result=stat, headers={"Cache-Control": "public, max-age=86400"})
+        etag = response.headers["etag"]
+        if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+            return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "public, max-age=86400"})
+        return response
+
+    @app.get("/health", tags=["Health"])
+    async def health(request: Request) -> JSONResponse:
+        """Ready when the database answers with the pgSTAC version this code speaks."""
+        body: dict[str, Any] = {"service": "landsurf", "version": __version__}
+        try:
+            body |= await check_database(request.app, settings.connect_timeout_s)
+            body["database"] = "up"
+        except UNAVAILABLE as exc:
+            body |= {"database": "down", "error": type(exc).__name__}
+            body["ready"] = False
+            metrics.database_up.set(0)
+            return JSONResponse(body, status_code=503)
+        body["ready"] = body["schema_ok"]
+        metrics.database_up.set(1)
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    metrics.install(app)
+    app.add_middleware(PublicUrlMiddleware, public_url=settings.public_url)
+    app.state.landsurf_settings = settings
+    app.state.store = store
+    return app

@@ -1,0 +1,1 @@
+"""landsurf ingest: deliveries, receipts, MUSCATE readers, COG writing, item building (next issue)."""

@@ -1,0 +1,1 @@
+"""landsurf processing: derived products, job queue and workers, and the `landsurf` CLI."""

@@ -1,0 +1,195 @@
+"""The `landsurf` command: a thin typer app composing catalog, ingest and processing.
+
+It lives in `processing/` because it may import all three packages and nothing imports it.
+Domain errors become one line on stderr (problem — fix) and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from catalog.errors import LandsurfError
+from catalog.settings import CatalogSettings
+
+app = typer.Typer(help="landsurf: a land-surface satellite data center in a box.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+db_app = typer.Typer(help="The catalog database (embedded PostgreSQL by default).", no_args_is_help=True)
+token_app = typer.Typer(help="API bearer tokens.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def _settings() -> CatalogSettings:
+    from catalog.logging import configure_logging
+
+    settings = CatalogSettings()
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _embedded(settings: CatalogSettings):
+    from catalog.embedded import EmbeddedCluster
+
+    if not settings.embedded:
+        err.print("LANDSURF_DATABASE_URL is set: nothing embedded to manage.", style="yellow")
+        raise typer.Exit(0)
+    return EmbeddedCluster(settings)
+
+
+@db_app.command("start")
+def db_start() -> None:
+    """Create (first time) and start the embedded PostgreSQL, then migrate it."""
+    from catalog.database import migrate
+
+    settings = _settings()
+    cluster = _embedded(settings)
+    started = cluster.start()
+    version = migrate(settings)
+    state = "started" if started else "already running"
+    out.print(f"PostgreSQL {state} on 127.0.0.1:{cluster.port} (data {cluster.data_dir}), pgSTAC {version}")
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL (fast shutdown)."""
+    cluster = _embedded(_settings())
+    out.print("stopped" if cluster.stop() else "not running")
+
+
+@db_app.command("status")
+def db_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Is the database up, where, and with which pgSTAC."""
+    from catalog.database import pgstac_version, session
+
+    settings = _settings()
+    info: dict = {"embedded": settings.embedded}
+    if settings.embedded:
+        st = _embedded(settings).status()
+        info |= {"running": st.running, "pid": st.pid, "port": st.port, "data_dir": str(st.data_dir)}
+    try:
+        with session(settings, "admin") as conn:
+            info["pgstac_version"] = pgstac_version(conn)
+            info["reachable"] = True
+    except LandsurfError as exc:
+        info["reachable"] = False
+        info["error"] = exc.problem
+    if as_json:
+        out.print_json(json.dumps(info))
+    else:
+        for k, v in info.items():
+            out.print(f"{k:>15}: {v}")
+    if not info["reachable"]:
+        raise typer.Exit(3)
+
+
+@db_app.command("url")
+def db_url(role: str = typer.Option("admin", help="admin | ingest | api")) -> None:
+    """Print the connection URL of one database role."""
+    from catalog.database import resolve_urls
+
+    urls = resolve_urls(_settings())
+    if role not in ("admin", "ingest", "api"):
+        raise typer.BadParameter("role must be admin, ingest or api")
+    print(getattr(urls, role))
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Bring pgSTAC and landsurf's schema to this version and (re)declare the collections."""
+    from catalog.collections import ensure_collections
+    from catalog.database import migrate, session
+
+    settings = _settings()
+    version = migrate(settings)
+    with session(settings, "admin") as conn:
+        ids = ensure_collections(conn)
+    out.print(f"pgSTAC {version}; collections: {', '.join(ids)}")
+
+
+@app.command("sample")
+def sample(count: int = typer.Option(6, min=1, max=50), size: int = typer.Option(512, min=64, max=4096)) -> None:
+    """Write a few small real COGs on tile T31TCH and publish their items."""
+    from catalog.collections import ensure_collections
+    from catalog.database import session
+    from catalog.publish import upsert_items
+    from catalog.sample import write_sample
+
+    settings = _settings()
+    with session(settings, "admin") as conn:
+        ensure_collections(conn)
+    items = write_sample(settings, count, size)
+    upsert_items(settings, items)
+    out.print(f"{len(items)} sample items published in sentinel2-l2a (store {settings.store_dir})")
+
+
+@app.command("serve")
+def serve(host: Optional[str] = None, port: Optional[int] = None, workers: int = 1) -> None:
+    """Serve the API (STAC, tiles, downloads, /health, /metrics)."""
+    import uvicorn
+
+    settings = _settings()
+    host = host or settings.host
+    port = port or settings.port
+    os.environ["LANDSURF_HOST"], os.environ["LANDSURF_PORT"] = host, str(port)
+    out.print(f"landsurf API on {settings.public_url}/  (STAC browser-friendly docs: {settings.public_url}/api.html)")
+    uvicorn.run("catalog.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", access_log=False)
+
+
+@app.command("demo")
+def demo(port: Optional[int] = None) -> None:
+    """The whole box on the embedded default: database, sample catalog, API; prints the URL."""
+    settings = _settings()
+    if port and "LANDSURF_PUBLIC_URL" not in os.environ:
+        os.environ["LANDSURF_PUBLIC_URL"] = f"http://{settings.host}:{port}"
+        settings = _settings()
+    db_start()
+    db_migrate()
+    sample(count=6, size=512)
+    serve(host=None, port=port, workers=1)
+
+
+@token_app.command("create")
+def token_create(name: str = typer.Option(..., help="Who or what uses it."),
+                 role: str = typer.Option("admin", help="admin | ingest | read")) -> None:
+    """Create a bearer token (printed once; only its hash is stored)."""
+    from catalog.auth import create_token
+    from catalog.database import session
+
+    with session(_settings(), "admin") as conn:
+        try:
+            print(create_token(conn, name, role))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+
+
+@token_app.command("revoke")
+def token_revoke(name: str) -> None:
+    """Revoke every token of that name."""
+    from catalog.auth import revoke_token
+    from catalog.database import session
+
+    with session(_settings(), "admin") as conn:
+        out.print(f"{revoke_token(conn, name)} token(s) revoked")
+
+
+def main() -> None:
+    try:
+        app()
+    except LandsurfError as exc:
+        err.print(f"error: {exc}", style="bold red", soft_wrap=True, highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The STAC API through a real client (pystac-client) and raw HTTP, against the sample catalog."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import httpx
+import pytest
+from pystac_client import Client
+
+from catalog.collections import S2_L2A
+
+warnings.filterwarnings("ignore", message=".*DoesNotConformTo.*")
+
+# The sample: 6 products, 5 days apart from 2024-06-03, cloud cover in this order.
+CLOUDS = [5.0, 42.0, 12.5, 88.0, 0.5, 23.0]
+
+
+@pytest.fixture(scope="module")
+def client(api) -> Client:
+    return Client.open(api.url + "/")
+
+
+def test_landing_page_links_use_the_public_base(api, client):
+    assert client.id == "landsurf"
+    hrefs = [link.href for link in client.links]
+    assert hrefs and all(h.startswith(api.url) for h in hrefs)
+    conformance = httpx.get(api.url + "/conformance").json()["conformsTo"]
+    for needed in ("item-search#filter", "item-search#sort", "item-search#fields", "collection-search"):
+        assert any(needed in c for c in conformance), needed
+
+
+def test_collections_are_declared_with_metadata(api):
+    cols = {c["id"]: c for c in httpx.get(api.url + "/collections").json()["collections"]}
+    assert {"sentinel2-l2a", "sentinel2-snow", "sentinel2-l3a", "sentinel2-snow-duration"} <= set(cols)
+    l2a = cols[S2_L2A]
+    assert l2a["license"] and l2a["providers"] and l2a["keywords"]
+    assert "FRE_B4" in l2a["item_assets"] and l2a["summaries"]["platform"]
+    queryables = httpx.get(f"{api.url}/collections/{S2_L2A}/queryables").json()["properties"]
+    assert queryables["eo:cloud_cover"]["type"] == "number"
+    assert {"grid:code", "platform", "version"} <= set(queryables)
+
+
+def test_bbox_and_datetime_search(client, sample_items):
+    # the sample alternates between two side-by-side areas; the west one holds the even products
+    west = sample_items[0]["bbox"]
+    small = [west[0] + 0.001, west[1] + 0.01, west[0] + 0.01, west[3] - 0.01]
+    found = client.search(collections=[S2_L2A], bbox=small, datetime="2024-06-01/2024-06-30").item_collection()
+    ids = {i.id for i in found}
+    assert ids == {sample_items[0]["id"], sample_items[2]["id"], sample_items[4]["id"]}
+    found = client.search(collections=[S2_L2A], bbox=small, datetime="2024-06-10/2024-06-30").item_collection()
+    assert {i.id for i in found} == {sample_items[2]["id"], sample_items[4]["id"]}
+
+
+def test_cql2_text_filter_on_cloud_cover(api, sample_items):
+    r = httpx.get(api.url + "/search", params={"collections": S2_L2A, "filter-lang": "cql2-text",
+                                               "filter": "eo:cloud_cover < 20", "limit": 50})
+    assert r.status_code == 200
+    got = sorted(f["properties"]["eo:cloud_cover"] for f in r.json()["features"])
+    assert got == sorted(c for c in CLOUDS if c < 20)
+
+
+def test_cql2_json_filter_through_pystac_client(client):
+    search = client.search(collections=[S2_L2A], method="POST", filter_lang="cql2-json",
+                           filter={"op": "and", "args": [
+                               {"op": ">=", "args": [{"property": "eo:cloud_cover"}, 10]},
+                               {"op": "=", "args": [{"property": "platform"}, "sentinel-2a"]}]})
+    got = sorted(i.properties["eo:cloud_cover"] for i in search.items())
+    assert got == [12.5]
+
+
+def test_sort_by_cloud_cover_is_numeric(client):
+    items = list(client.search(collections=[S2_L2A], sortby="+eo:cloud_cover", max_items=10).items())
+    clouds = [i.properties["eo:cloud_cover"] for i in items]
+    # text order would put 12.5 before 5.0 and 88.0 before 5.0
+    assert clouds == sorted(CLOUDS)
+    items = list(client.search(collections=[S2_L2A], sortby="-eo:cloud_cover", max_items=10).items())
+    assert [i.properties["eo:cloud_cover"] for i in items] == sorted(CLOUDS, reverse=True)
+
+
+def test_fields_extension_trims_the_response(api):
+    r = httpx.post(api.url + "/search", json={"collections": [S2_L2A], "limit": 2,
+                                              "fields": {"include": ["properties.eo:cloud_cover"],
+                                                         "exclude": ["assets"]}})
+    assert r.status_code == 200
+    feature = r.json()["features"][0]
+    assert "assets" not in feature
+    assert set(feature["properties"]) == {"eo:cloud_cover"}
+
+
+def test_paging_through_three_pages(client, sample_items):
+    search = client.search(collections=[S2_L2A], limit=2)
+    pages = list(search.pages())
+    assert len(pages) == 3
+    ids = [i.id for page in pages for i in page]
+    assert len(ids) == len(set(ids)) == len(sample_items)
+
+
+def test_items_carry_public_hrefs_with_checksums(api, client, sample_items):
+    item = next(client.search(ids=[sample_items[0]["id"]]).items())
+    for key, asset in item.assets.items():
+        assert asset.href.startswith(api.url + "/download/"), key
+        assert asset.extra_fields["file:checksum"].startswith("1220")
+        assert asset.extra_fields["file:size"] > 0
+    assert item.assets["FRE_B4"].extra_fields["raster:bands"][0]["nodata"] == -10000
+    assert item.assets["FRE_B4"].extra_fields["eo:bands"][0]["common_name"] == "red"
+
+
+@pytest.mark.parametrize(
+    "path,params,status,needle",
+    [
+        ("/search", {"filter": "eo:cloud_cover <<< 3", "filter-lang": "cql2-text"}, 400, ""),
+        ("/search", {"bbox": "1,2,3"}, 400, ""),
+        ("/search", {"bbox": "a,b,c,d"}, 400, ""),
+        ("/search", {"datetime": "not-a-date"}, 400, ""),
+        ("/collections/no-such-collection", {}, 404, "no-such-collection"),
+        ("/collections/no-such-collection/items", {}, 404, ""),
+        ("/collections/sentinel2-l2a/items/no-such-item", {}, 404, ""),
+    ],
+)
+def test_bad_requests_are_4xx_with_a_reason(api, path, params, status, needle):
+    r = httpx.get(api.url + path, params=params)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body.get("description") or body.get("detail")
+    assert needle in json.dumps(body)
+
+
+def test_invalid_cql2_json_is_400(api):
+    r = httpx.post(api.url + "/search", json={"filter-lang": "cql2-json",
+                                              "filter": {"op": "<", "args": [{"property": "eo:cloud_cover"}]}})
+    assert r.status_code == 400, r.text
+
+
+def _new_item(sample: dict, suffix: str) -> dict:
+    item = json.loads(json.dumps(sample))
+    item["id"] = item["id"] + suffix
+    item["links"] = []
+    return item
+
+
+def test_transactions_need_an_admin_token(api, sample_items, admin_token, read_token):
+    item = _new_item(sample_items[0], "-tx")
+    url = f"{api.url}/collections/{S2_L2A}/items"
+    r = httpx.post(url, json=item)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert "bearer token" in r.json()["description"]
+    r = httpx.post(url, json=item, headers={"Authorization": "Bearer lsf_not-a-real-token"})
+    assert r.status_code == 401
+    r = httpx.post(url, json=item, headers={"Authorization": f"Bearer {read_token}"})
+    assert r.status_code == 403 and "admin" in r.json()["description"]
+    assert httpx.get(f"{url}/{item['id']}").status_code == 404
+
+    r = httpx.post(url, json=item, headers={"Authorization": f"Bearer {admin_token}"})
+    assert r.status_code in (200, 201), r.text
+    assert httpx.get(f"{url}/{item['id']}").status_code == 200
+    r = httpx.delete(f"{url}/{item['id']}")
+    assert r.status_code == 401
+    r = httpx.delete(f"{url}/{item['id']}", headers={"Authorization": f"Bearer {admin_token}"})
+    assert r.status_code in (200, 204)
+    assert httpx.get(f"{url}/{item['id']}").status_code == 404
+    # searching stays anonymous, and POST /search is not a transaction
+    assert httpx.post(api.url + "/search", json={"limit": 1}).status_code == 200
+
+
+def test_health_and_metrics(api):
+    r = httpx.get(api.url + "/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["ready"] is True and body["database"] == "up"
+    assert body["pgstac_version"] == body["expected_pgstac_version"]
+    httpx.get(api.url + "/search", params={"limit": 1})
+    text = httpx.get(api.url + "/metrics").text
+    assert 'landsurf_http_requests_total{method="GET",route="/search",status="200"}' in text, text[:3000]
+    assert "landsurf_http_request_duration_seconds_bucket" in text
+    assert "landsurf_database_up 1.0" in text

@@ -1,0 +1,140 @@
+"""Session fixtures: one real embedded PostgreSQL + pgSTAC, one real API on a loopback port.
+
+Nothing is mocked: the cluster is initdb'd into a temporary home (as a dedicated system user
+when the tests run as root), the sample COGs are written and published, and the API runs in
+its own uvicorn process exactly as `landsurf serve` runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from catalog.collections import ensure_collections
+from catalog.database import migrate, session
+from catalog.embedded import EmbeddedCluster
+from catalog.publish import upsert_items
+from catalog.sample import write_sample
+from catalog.settings import CatalogSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_home(prefix: str) -> Path:
+    """A temporary home the database user can traverse (mkdtemp makes 0700 directories)."""
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    home.chmod(0o755)
+    return home
+
+
+def settings_for(home: Path, **extra) -> CatalogSettings:
+    return CatalogSettings(home=home, **extra)
+
+
+def env_for(settings: CatalogSettings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LANDSURF_")}
+    env |= {"LANDSURF_HOME": str(settings.home), "LANDSURF_PUBLIC_URL": settings.public_url,
+            "LANDSURF_STATEMENT_TIMEOUT_MS": str(settings.statement_timeout_ms)}
+    if settings.database_url:
+        env["LANDSURF_DATABASE_URL"] = settings.database_url
+    return env | extra
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "processing.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=ROOT)
+
+
+class ApiServer:
+    """`landsurf serve` in a child process; stopped at the end of the session."""
+
+    def __init__(self, settings: CatalogSettings, port: int) -> None:
+        self.settings = settings
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = Path(settings.home) / f"api-{port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, **env: str) -> "ApiServer":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "processing.cli", "serve", "--port", str(self.port)],
+            env=env_for(self.settings, **env), stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=ROOT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"API exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"API did not become ready: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def catalog_settings() -> CatalogSettings:
+    home = make_home("landsurf-test-")
+    port = free_port()
+    settings = settings_for(home, public_url=f"http://127.0.0.1:{port}", port=port, statement_timeout_ms=3000)
+    cluster = EmbeddedCluster(settings)
+    cluster.start()
+    migrate(settings)
+    with session(settings) as conn:
+        ensure_collections(conn)
+    yield settings
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_items(catalog_settings: CatalogSettings) -> list[dict]:
+    items = write_sample(catalog_settings, n=6, size=512)
+    upsert_items(catalog_settings, items)
+    return items
+
+
+@pytest.fixture(scope="session")
+def api(catalog_settings: CatalogSettings, sample_items: list[dict]) -> ApiServer:
+    server = ApiServer(catalog_settings, catalog_settings.port).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def admin_token(catalog_settings: CatalogSettings) -> str:
+    from catalog.auth import create_token
+
+    with session(catalog_settings) as conn:
+        return create_token(conn, "tests-admin", "admin")
+
+
+@pytest.fixture(scope="session")
+def read_token(catalog_settings: CatalogSettings) -> str:
+    from catalog.auth import create_token
+
+    with session(catalog_settings) as conn:
+        return create_token(conn, "tests-read", "read")

@@ -8,6 +8,7 @@ deterministic and lets the L2A and snow items of one acquisition share time, orb
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -85,6 +86,9 @@ class Tile:
         return [x, y - TILE_SIZE_M, x + TILE_SIZE_M, y]
 
 
+_Ctx = tuple[Tile, int, float, float, dict[str, Any]]
+
+
 def mgrs_code(zone: int, ul_e: float, ul_n: float, lat: float | None = None) -> str:
     """MGRS id of the 100 km square whose upper-left corner is (ul_e, ul_n), within 60 m.
 
@@ -150,7 +154,7 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _tile_ctx(t: Tile, seed: int) -> tuple[Tile, int, float, float, dict[str, Any]]:
+def _tile_ctx(t: Tile, seed: int) -> _Ctx:
     ring = t.geometry["coordinates"][0]
     lon, lat = (t.bbox[0] + t.bbox[2]) / 2, (t.bbox[1] + t.bbox[3]) / 2
     zone, band, square = t.code[:2], t.code[2], t.code[3:]
@@ -204,7 +208,7 @@ def _assets(collection: str, item_id: str, tile: str, day: date, base_url: str, 
     return out
 
 
-def _item(ctx: tuple, collection: str, item_id: str, day: date, props: dict[str, Any], h: int,
+def _item(ctx: _Ctx, collection: str, item_id: str, day: date, props: dict[str, Any], h: int,
           base_url: str, bands: dict[str, dict[str, Any]]) -> dict[str, Any]:
     t, _, _, _, c = ctx
     created = f"{day + timedelta(days=1 + h % 3)}T{(h >> 20) % 24:02d}:{(h >> 25) % 60:02d}:00Z"
@@ -227,9 +231,12 @@ def _acquisitions(tiles_: Iterable[Tile], start: date, end: date, every_days: in
         for ctx in ctxs:
             t, key, lon, lat, _ = ctx
             h = _mix(key ^ (day.toordinal() << 20))
-            secs = 10.5 * 3600 + (AOI[2] - min(max(lon, AOI[0]), AOI[2])) / 32 * 1080 + (h >> 32) % 120 + ((h >> 40) % 1000) / 1000
-            hh, mm, ss, ms = int(secs // 3600), int(secs % 3600 // 60), int(secs % 60), int(secs * 1000 % 1000)
-            az, el = _sun(lon, lat, day, secs / 3600)
+            # 10:30-10:50 UTC: the east of the area is overflown first, then up to 2 min of jitter
+            t_ms = 37_800_000 + int((AOI[2] - min(max(lon, AOI[0]), AOI[2])) * 33_750) + (h >> 32) % 120_000
+            hh, rest = divmod(t_ms, 3_600_000)
+            mm, rest = divmod(rest, 60_000)
+            ss, ms = divmod(rest, 1000)
+            az, el = _sun(lon, lat, day, t_ms / 3_600_000)
             stamp = f"{day:%Y%m%d}-{hh:02d}{mm:02d}{ss:02d}-{ms:03d}"
             item_id = f"SENTINEL2{sat}_{stamp}_{level}_T{t.code}_C_V1-0"
             props = {"datetime": f"{day}T{hh:02d}:{mm:02d}:{ss:02d}.{ms:03d}Z", "platform": f"sentinel-2{sat.lower()}",
@@ -302,7 +309,7 @@ if __name__ == "__main__":
     grid = tiles(10_000)
     t1 = time.perf_counter()
     stream = l2a_items(grid, date(2016, 7, 1), date(2030, 1, 1))
-    count = sum(1 for _, _ in zip(range(n), stream))
+    count = sum(1 for _ in itertools.islice(stream, n))
     t2 = time.perf_counter()
     print(f"{len(grid)} tiles in {t1 - t0:.2f} s; {count} L2A items in {t2 - t1:.2f} s "
           f"= {count / (t2 - t1):,.0f} items/s")

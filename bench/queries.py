@@ -134,16 +134,22 @@ def _follow(link: Body, body: Body) -> tuple[str, str, Body | None]:
 def _require_loopback(base_url: str) -> None:
     """Load generators must not be pointed at someone else's server by a typo."""
     host = urlsplit(base_url).hostname or ""
-    if not ipaddress.ip_address(socket.gethostbyname(host)).is_loopback:
+    try:
+        addrs = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError as e:
+        raise ValueError(f"cannot resolve {host!r} from {base_url}") from e
+    if not all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addrs):
         raise ValueError(f"{base_url} is not a loopback address; refusing to generate load against it")
 
 
-def _http_run(client: httpx.Client, base_url: str, body: Body, follow: bool) -> tuple[float, int]:
-    method, href, payload = "POST", f"{base_url.rstrip('/')}/search", body
+async def _http_run(client: httpx.AsyncClient, base_url: str, body: Body, follow: bool) -> tuple[float, int]:
+    """(seconds spent in requests, features returned) for one search, following `next` when asked."""
+    method, href = "POST", f"{base_url.rstrip('/')}/search"
+    payload: Body | None = body
     spent, n = 0.0, 0
     for _ in range(MAX_PAGES):
         t0 = time.perf_counter()
-        r = client.request(method, href, json=payload)
+        r = await client.request(method, href, json=payload)
         spent += time.perf_counter() - t0
         r.raise_for_status()
         page = r.json()
@@ -155,18 +161,26 @@ def _http_run(client: httpx.Client, base_url: str, body: Body, follow: bool) -> 
     raise RuntimeError(f"more than {MAX_PAGES} pages for {body}")
 
 
-def http_latency(base_url: str, builder: Query, runs: int = 30, warmup: int = 1, seed: int = 0,
-                 timeout_s: float = 300) -> dict[str, float]:
-    """p50/p95 of POST /search (all pages when the query pages), over `runs` seeded bodies after `warmup`."""
-    _require_loopback(base_url)
+async def _latency(base_url: str, builder: Query, runs: int, warmup: int, seed: int,
+                   timeout_s: float) -> dict[str, float]:
     rng, times, counts = random.Random(seed), [], []
-    with httpx.Client(timeout=timeout_s) as client:
+    async with httpx.AsyncClient(timeout=timeout_s) as client:
         for i in range(warmup + runs):
-            spent, n = _http_run(client, base_url, builder(rng), builder.follow_next)
+            spent, n = await _http_run(client, base_url, builder(rng), builder.follow_next)
             if i >= warmup:
                 times.append(spent)
                 counts.append(n)
     return _summary(times, counts)
+
+
+def http_latency(base_url: str, builder: Query, runs: int = 30, warmup: int = 1, seed: int = 0,
+                 timeout_s: float = 300) -> dict[str, float]:
+    """p50/p95 of POST /search (all pages when the query pages), over `runs` seeded bodies after `warmup`.
+
+    One request at a time on one keep-alive connection; an HTTP error fails the measurement.
+    """
+    _require_loopback(base_url)
+    return asyncio.run(_latency(base_url, builder, runs, warmup, seed, timeout_s))
 
 
 def sql_latency(dsn: str, builder: Query, runs: int = 30, warmup: int = 1, seed: int = 0) -> dict[str, float]:
@@ -196,21 +210,6 @@ def sql_latency(dsn: str, builder: Query, runs: int = 30, warmup: int = 1, seed:
     return _summary(times, counts)
 
 
-async def _http_run_async(client: httpx.AsyncClient, base_url: str, body: Body, follow: bool) -> int:
-    method, href, payload = "POST", f"{base_url.rstrip('/')}/search", body
-    n = 0
-    for _ in range(MAX_PAGES):
-        r = await client.request(method, href, json=payload)
-        r.raise_for_status()
-        page = r.json()
-        n += len(page["features"])
-        link = _next_link(page)
-        if not follow or link is None:
-            return n
-        method, href, payload = _follow(link, payload or body)
-    raise RuntimeError(f"more than {MAX_PAGES} pages for {body}")
-
-
 async def _throughput(base_url: str, builder: Query, concurrency: int, duration_s: float, max_requests: int,
                       timeout_s: float, seed: int) -> dict[str, float]:
     latencies: list[float] = []
@@ -228,8 +227,9 @@ async def _throughput(base_url: str, builder: Query, concurrency: int, duration_
                 started += 1
                 t0 = time.perf_counter()
                 try:
-                    await _http_run_async(client, base_url, builder(rng), builder.follow_next)
-                except (httpx.HTTPError, KeyError, ValueError):
+                    await asyncio.wait_for(_http_run(client, base_url, builder(rng), builder.follow_next),
+                                           timeout_s)
+                except (TimeoutError, httpx.HTTPError, KeyError, ValueError):
                     errors += 1
                 else:
                     latencies.append(time.perf_counter() - t0)
@@ -246,7 +246,8 @@ def throughput(base_url: str, builder: Query, concurrency: int = 8, duration_s: 
                max_requests: int = 100_000, timeout_s: float = 60, seed: int = 0) -> dict[str, float]:
     """Closed-loop load: `concurrency` clients issue seeded searches back to back until time or count runs out.
 
-    A request that pages counts once. Call from synchronous code (it runs its own event loop).
+    A request that pages counts once. No request starts after `duration_s` and each is cut at `timeout_s`
+    (counted as an error), so the call returns within `duration_s + timeout_s`. Call from synchronous code.
     """
     _require_loopback(base_url)
     return asyncio.run(_throughput(base_url, builder, concurrency, duration_s, max_requests, timeout_s, seed))
@@ -260,7 +261,7 @@ def _status_kb(pid: int, *keys: str) -> dict[str, int]:
                 name, _, value = line.partition(":")
                 if name in keys:
                     out[name] = int(value.split()[0])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    except OSError:  # the process ended
         pass
     return out
 
@@ -273,7 +274,7 @@ def _descendants(pid: int) -> list[int]:
             try:
                 with open(f"/proc/{entry}/stat") as f:
                     ppid = int(f.read().rpartition(")")[2].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            except (OSError, IndexError, ValueError):
                 continue
             parents.setdefault(ppid, []).append(int(entry))
     out, todo = [], [pid]
@@ -289,7 +290,8 @@ class PeakRss:
     """Samples the resident memory of a process tree in the background, as a context manager.
 
     `peak_mb` is the peak of summed VmRSS (shared pages, e.g. PostgreSQL's shared_buffers, count once per
-    process), `peak_anon_mb` the peak of summed RssAnon (private memory), `hwm_mb` the root's VmHWM at exit.
+    process), `peak_anon_mb` the peak of summed RssAnon (private memory), `hwm_mb` the largest VmHWM (the
+    kernel's own high-water mark, which catches peaks between samples) of the tree's processes at exit.
     """
 
     pid: int
@@ -325,7 +327,8 @@ class PeakRss:
         if self._thread is not None:
             self._thread.join()
         self.sample()
-        self.hwm_mb = _status_kb(self.pid, "VmHWM").get("VmHWM", 0) // 1024
+        pids = _descendants(self.pid) if self.children else [self.pid]
+        self.hwm_mb = max(_status_kb(p, "VmHWM").get("VmHWM", 0) for p in pids) // 1024
 
     def __int__(self) -> int:
         return self.peak_mb

@@ -3,6 +3,8 @@
 Plain dicts, not pystac objects: 250k items must come out in seconds, so tile geometries are computed
 once and every per-item value comes from an integer hash of (seed, tile, date), which keeps the output
 deterministic and lets the L2A and snow items of one acquisition share time, orbit and cloud cover.
+Nested values that never change (geometry rings, roles, proj:bbox, band lists) are shared between items:
+copy an item before mutating it in place.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def mgrs_code(zone: int, ul_e: float, ul_n: float, lat: float | None = None) -> 
 
 
 def _all_tiles() -> list[Tile]:
+    """Every 100 km square that meets its zone's 6-degree strip inside the AOI, as the real S2 grid does, so
+    neighbouring zones overlap at the seams instead of leaving gaps."""
     from pyproj import Transformer
     from shapely.geometry import Polygon, box
 
@@ -134,7 +138,7 @@ def _all_tiles() -> list[Tile]:
 
 
 def tiles(n: int, seed: int = 0) -> list[Tile]:
-    """The first-n-of-a-seeded-shuffle subset (sorted by code) of the zone 29-34 grid; n >= total gives all."""
+    """n tiles of the zone 29-34 grid (847 in all), a seeded sample sorted by code; n >= 847 gives them all."""
     grid = _all_tiles()
     if n >= len(grid):
         return grid
@@ -286,7 +290,7 @@ def item_assets(collection: str) -> dict[str, Any]:
 
 
 def write_ndjson(items: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write one JSON item per line (pypgstac's ndjson input); orjson when present, as it is 5x faster."""
+    """Write one JSON item per line (pypgstac's ndjson input); orjson when present, as it is several times faster."""
     try:
         import orjson
 

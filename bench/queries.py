@@ -1,7 +1,12 @@
 """Search workloads and their measurement, independent of how the servers were started.
 
 The same seeded request bodies go to the STAC API over HTTP and to `pgstac.search()` over SQL, so the two
-latencies compare like with like. Only the transfer of each response is timed, not its JSON parsing.
+latencies compare like with like. Latency runs time the requests only, not the client's JSON parsing;
+throughput times whole requests. Usage:
+
+    scope = Scope.from_tiles(tiles, date(2016, 7, 1), date(2024, 12, 31))
+    http_latency("http://127.0.0.1:8081", QUERIES["a"](scope))
+    sql_latency("postgresql://...", QUERIES["c"](scope), runs=8)
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pypgstac.version import __version__ as PYPGSTAC_VERSION
 from stac_fastapi.pgstac.app import instantiate_api
 from stac_fastapi.pgstac.config import Settings as StacSettings
-from stac_fastapi.pgstac.core import CoreCrudClient
 from stac_fastapi.pgstac.db import translate_pgstac_errors
 from stac_fastapi.pgstac.models.extensions import Extensions
 from starlette.middleware import Middleware
@@ -35,6 +34,7 @@ from catalog.errors import DatabaseUnavailable, LandsurfError, NotFound, SchemaM
 from catalog.logging import get_logger
 from catalog.metrics import Metrics
 from catalog.settings import CatalogSettings
+from catalog.stac import LandsurfClient
 from catalog.store import DOWNLOAD_PREFIX, AssetStore
 from catalog.tiles import MountedRootPath, create_tiler_app
 
@@ -125,17 +125,22 @@ class PublicUrlMiddleware:
         await self.app(scope, receive, send)
 
 
-def _asyncpg_pool_kwargs(settings: CatalogSettings) -> dict[str, Any]:
+def _asyncpg_pool_kwargs(settings: CatalogSettings, read_only: bool) -> dict[str, Any]:
+    server_settings = {
+        "search_path": "pgstac,public",
+        "application_name": "landsurf-api",
+        "statement_timeout": str(settings.statement_timeout_ms),
+    }
+    if read_only:
+        # pgSTAC otherwise records every search (INSERT … ON CONFLICT into `searches`): one write
+        # transaction, WAL and a commit flush per read request, for bookkeeping the API never uses.
+        server_settings["pgstac.readonly"] = "true"
     return dict(
         min_size=settings.db_min_conn,
         max_size=settings.db_max_conn,
         timeout=settings.connect_timeout_s,
         max_inactive_connection_lifetime=300,
-        server_settings={
-            "search_path": "pgstac,public",
-            "application_name": "landsurf-api",
-            "statement_timeout": str(settings.statement_timeout_ms),
-        },
+        server_settings=server_settings,
     )
 
 
@@ -180,11 +185,11 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        kwargs = _asyncpg_pool_kwargs(settings)
         try:
-            app.state.readpool = await asyncpg.create_pool(urls.api, init=_init_connection, **kwargs)
+            app.state.readpool = await asyncpg.create_pool(
+                urls.api, init=_init_connection, **_asyncpg_pool_kwargs(settings, read_only=settings.api_read_only))
             app.state.writepool = await asyncpg.create_pool(
-                urls.ingest, init=_init_connection, **{**kwargs, "min_size": 0})
+                urls.ingest, init=_init_connection, **{**_asyncpg_pool_kwargs(settings, False), "min_size": 0})
         except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
             raise DatabaseUnavailable(f"the API cannot reach its database: {exc}",
                                       "run `landsurf db start` or check LANDSURF_DATABASE_URL") from exc
@@ -219,7 +224,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
         openapi_url="/api",
         docs_url="/api.html",
     )
-    client = functools.partial(CoreCrudClient, landing_page_id="landsurf", title=stac_settings.stac_fastapi_title,
+    client = functools.partial(LandsurfClient, landing_page_id="landsurf", title=stac_settings.stac_fastapi_title,
                                description=stac_settings.stac_fastapi_description)
     api = instantiate_api(client=client, settings=stac_settings,  # type: ignore[arg-type]
                           extensions=Extensions(settings=stac_settings), lifespan=lifespan)

@@ -34,6 +34,7 @@ class CatalogSettings(BaseSettings):
     db_max_conn: int = 8
 
     api_hydrate: bool = Field(True, description="Merge items with their collection base in Python, not in SQL.")
+    api_read_only: bool = Field(True, description="Searches do not record themselves in pgSTAC (no write per read).")
     log_level: str = "INFO"
 
     @field_validator("public_url")

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Iterator
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -51,6 +51,16 @@ def _redact(url: str) -> str:
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@")
     return url
+
+
+def bounded_url(url: str, settings: CatalogSettings, statement_timeout_ms: int | None = None) -> str:
+    """The URL with libpq bounds on connecting and on every statement, for libraries that take a DSN."""
+    timeout = statement_timeout_ms if statement_timeout_ms is not None else settings.statement_timeout_ms
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("connect_timeout", str(max(1, int(settings.connect_timeout_s))))
+    query["options"] = f"-c statement_timeout={timeout}"
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))  # libpq: %20, not +
 
 
 def connect(url: str, settings: CatalogSettings, *, autocommit: bool = True) -> psycopg.Connection:
@@ -178,7 +188,8 @@ def migrate(settings: CatalogSettings) -> str:
                     f"extension {ext} is missing and this role may not create it",
                     f"as a superuser run `CREATE EXTENSION {ext};` in the database (see docs/operations.md)",
                 ) from exc
-    db = PgstacDB(dsn=urls.admin)
+    # a migration may rewrite large tables: bounded, but by a longer timeout than requests
+    db = PgstacDB(dsn=bounded_url(urls.admin, settings, max(settings.statement_timeout_ms, 3_600_000)))
     try:
         version = Migrate(db).run_migration(PYPGSTAC_VERSION)
     except psycopg.Error as exc:

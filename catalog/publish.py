@@ -11,17 +11,16 @@ from typing import Iterable
 from pypgstac.db import PgstacDB
 from pypgstac.load import Loader, Methods
 
-from catalog.database import resolve_urls
+from catalog.database import bounded_url, resolve_urls
 from catalog.settings import CatalogSettings
 
 
 def upsert_items(settings: CatalogSettings, items: Iterable[dict], chunksize: int = 10_000) -> None:
     """Upsert item dicts (links are dropped: the API builds its own)."""
     urls = resolve_urls(settings)
-    db = PgstacDB(dsn=urls.ingest)
+    # one chunk of 10,000 items is one statement: bounded, by a longer timeout than requests
+    db = PgstacDB(dsn=bounded_url(urls.ingest, settings, max(settings.statement_timeout_ms, 600_000)))
     try:
-        conn = db.connect()
-        conn.execute(f"SET statement_timeout = {max(settings.statement_timeout_ms, 600_000)}")
         Loader(db=db).load_items(
             ({**item, "links": []} for item in items), insert_mode=Methods.upsert, chunksize=chunksize
         )

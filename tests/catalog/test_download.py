@@ -84,3 +84,19 @@ def test_download_metrics_use_the_route_template(api, sample_items):
     text = httpx.get(api.url + "/metrics").text
     assert 'route="/download/{path}",status="206"' in text
     assert sample_items[1]["id"] not in text
+
+
+def test_odc_stac_loads_pixels_from_a_search_of_this_api(api, sample_items):
+    """odc-stac, given items from pystac-client unchanged, reads the COGs through their HTTP hrefs."""
+    import odc.stac
+    from pystac_client import Client
+
+    item = sample_items[0]
+    found = Client.open(api.url + "/").search(ids=[item["id"]]).item_collection()
+    data = odc.stac.load(found, bands=["FRE_B4", "FRE_B11"], resolution=20, chunks=None)
+    red = data["FRE_B4"].isel(time=0).values
+    swir = data["FRE_B11"].isel(time=0).values
+    assert red.shape == swir.shape and red.shape[0] >= 200
+    valid = red[red != -10000]
+    assert valid.size > 10_000 and 100 < np.median(valid) < 6000
+    assert 500 < np.median(swir[swir != -10000]) < 6000

@@ -7,12 +7,14 @@ T31TCH (EPSG:32631, UL 300000/4800000 at 10 m), and publishes their items.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 from pyproj import Transformer
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
@@ -130,8 +132,11 @@ def write_product(product: SampleProduct, store: AssetStore, seed: int = 0) -> d
         rgb = np.stack([src.read(1, out_shape=(256, 256)) for src in (r, g, b)])
     qkl = np.clip(rgb.astype("float32") / 3000 * 255, 0, 255).astype("uint8")
     qkl_name = f"{product.product_id}_QKL_ALL.jpg"
-    with rasterio.open(out_dir / qkl_name, "w", driver="JPEG", width=256, height=256, count=3, dtype="uint8") as q:
-        q.write(qkl)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a quicklook is a plain picture
+        with rasterio.open(out_dir / qkl_name, "w", driver="JPEG", width=256, height=256, count=3,
+                           dtype="uint8") as q:
+            q.write(qkl)
     (out_dir / f"{qkl_name}.aux.xml").unlink(missing_ok=True)
     assets["thumbnail"] = {"href": store.href(rel / qkl_name), "type": "image/jpeg", "roles": ["thumbnail"]}
     item_assets = COLLECTIONS[S2_L2A].item_assets

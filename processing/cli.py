@@ -139,7 +139,7 @@ def serve(host: Optional[str] = None, port: Optional[int] = None, workers: int =
     host = host or settings.host
     port = port or settings.port
     os.environ["LANDSURF_HOST"], os.environ["LANDSURF_PORT"] = host, str(port)
-    out.print(f"landsurf API on {settings.public_url}/  (STAC browser-friendly docs: {settings.public_url}/api.html)")
+    out.print(f"landsurf API on {settings.public_url}/  (OpenAPI docs: {settings.public_url}/api.html)")
     uvicorn.run("catalog.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", access_log=False)
 

@@ -273,6 +273,26 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
         metrics.database_up.set(1)
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
+    @app.get("/deliveries", tags=["Ingest"])
+    async def deliveries(request: Request, status: str | None = None, limit: int = 100) -> JSONResponse:
+        """Receipts of the latest deliveries: status, reason, product and delivery→searchable latency."""
+        limit = max(1, min(limit, 1000))
+        async with request.app.state.get_connection(request, "r") as conn:
+            rows = await conn.fetch(
+                "SELECT id, name, checksum, status, reason, product_id, collection, attempts, received_at, "
+                "finished_at, extract(epoch FROM finished_at - received_at) AS latency_s "
+                "FROM landsurf.deliveries WHERE ($1::text IS NULL OR status = $1) ORDER BY id DESC LIMIT $2",
+                status, limit)
+            counts = await conn.fetch("SELECT status, count(*) AS n FROM landsurf.deliveries GROUP BY status")
+        items = []
+        for r in rows:
+            row = dict(r)
+            for key in ("received_at", "finished_at"):
+                row[key] = row[key].isoformat() if row[key] else None
+            row["latency_s"] = float(row["latency_s"]) if row["latency_s"] is not None else None
+            items.append(row)
+        return JSONResponse({"counts": {c["status"]: c["n"] for c in counts}, "deliveries": items})
+
     metrics.install(app)
     app.add_middleware(PublicUrlMiddleware, public_url=settings.public_url)
     app.state.landsurf_settings = settings

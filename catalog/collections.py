@@ -10,7 +10,7 @@ before the first item is loaded, since pgSTAC cannot cheaply re-partition afterw
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -234,8 +234,26 @@ QUERYABLES: dict[str, Any] = {
 INDEXED = ["eo:cloud_cover", "grid:code", "platform"]
 
 
+HISTORY_SUFFIX = "-history"
+
+
+def history_of(spec: CollectionSpec) -> CollectionSpec:
+    """Where superseded versions of a collection's products live: out of default searches, still linked."""
+    return replace(
+        spec, id=spec.id + HISTORY_SUFFIX, title=f"{spec.title} — superseded versions",
+        description=f"Earlier versions of products of `{spec.id}`, replaced by a reprocessing. Each item links "
+                    "to its successor (`latest-version`).",
+        keywords=spec.keywords + ["history"],
+    )
+
+
+def is_history(collection_id: str) -> bool:
+    return collection_id.endswith(HISTORY_SUFFIX)
+
+
 def enabled() -> list[CollectionSpec]:
-    return [c for c in COLLECTIONS.values() if c.enabled]
+    current = [c for c in COLLECTIONS.values() if c.enabled]
+    return current + [history_of(c) for c in current]
 
 
 def ensure_collections(conn: psycopg.Connection, specs: list[CollectionSpec] | None = None) -> list[str]:

@@ -162,7 +162,10 @@ def bootstrap_embedded(cluster: EmbeddedCluster, settings: CatalogSettings) -> N
 
 
 def own_schema_sql() -> str:
-    return resources.files("catalog").joinpath("sql/001_landsurf.sql").read_text()
+    """landsurf's own SQL modules, in order (each idempotent)."""
+    sql_dir = resources.files("catalog").joinpath("sql")
+    names = sorted(p.name for p in sql_dir.iterdir() if p.name.endswith(".sql"))
+    return "\n".join(sql_dir.joinpath(n).read_text() for n in names)
 
 
 def migrate(settings: CatalogSettings) -> str:
@@ -207,5 +210,11 @@ def migrate(settings: CatalogSettings) -> str:
                 conn.execute(sql.SQL("GRANT USAGE ON SCHEMA landsurf TO {}").format(sql.Identifier(user)))
                 conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA landsurf TO {}").format(
                     sql.Identifier(user)))
+        ingest_user = urlsplit(urls.ingest).username
+        if ingest_user and ingest_user != urlsplit(urls.admin).username:
+            conn.execute(sql.SQL("GRANT INSERT, UPDATE ON landsurf.deliveries TO {}").format(
+                sql.Identifier(ingest_user)))
+            conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA landsurf TO {}").format(
+                sql.Identifier(ingest_user)))
         check_schema(conn)
     return version

@@ -1,22 +1,42 @@
 """Publication: the only code that writes items into the catalog.
 
-Items go through pypgstac's loader in upsert mode, so publishing the same item twice changes
-nothing and a changed item replaces the old row in one statement.
+A product is either fully published (files in their final place and item committed) or not
+visible at all: files are staged on the store's filesystem, renamed into their sharded directory,
+and the item is written in one database transaction; if the transaction fails, the directory is
+renamed back. Versions: one current item per product (collection, tile, acquisition time); a newer
+version moves the previous one to the `-history` collection, linked both ways.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Literal
 
+import psycopg
 from pypgstac.db import PgstacDB
 from pypgstac.load import Loader, Methods
 
-from catalog.database import bounded_url, resolve_urls
+from catalog.collections import HISTORY_SUFFIX
+from catalog.database import bounded_url, connect, resolve_urls
+from catalog.errors import DatabaseUnavailable, LandsurfError
 from catalog.settings import CatalogSettings
+from catalog.store import AssetStore
+
+Outcome = Literal["published", "duplicate", "history"]
+
+
+class PublishConflict(LandsurfError):
+    """The same product id and version is already published with different content."""
+
+    exit_code = 6
 
 
 def upsert_items(settings: CatalogSettings, items: Iterable[dict], chunksize: int = 10_000) -> None:
-    """Upsert item dicts (links are dropped: the API builds its own)."""
+    """Bulk upsert of item dicts (links are dropped: the API builds its own)."""
     urls = resolve_urls(settings)
     # one chunk of 10,000 items is one statement: bounded, by a longer timeout than requests
     db = PgstacDB(dsn=bounded_url(urls.ingest, settings, max(settings.statement_timeout_ms, 600_000)))
@@ -26,3 +46,125 @@ def upsert_items(settings: CatalogSettings, items: Iterable[dict], chunksize: in
         )
     finally:
         db.close()
+
+
+@dataclass(frozen=True)
+class Published:
+    outcome: Outcome
+    item_id: str
+    collection: str
+    directory: Path
+    superseded: str | None = None
+
+
+def _version_key(item: dict) -> tuple:
+    props = item["properties"]
+    version = tuple(int(p) if p.isdigit() else p for p in str(props.get("version", "0")).replace("-", ".").split("."))
+    return version, props.get("processing:datetime") or props.get("created") or ""
+
+
+def _checksums(item: dict) -> dict[str, str]:
+    return {k: a.get("file:checksum", "") for k, a in item.get("assets", {}).items()}
+
+
+def _item_url(store: AssetStore, collection: str, item_id: str) -> str:
+    return f"{store.public_url}/collections/{collection}/items/{item_id}"
+
+
+def _version_link(rel: str, store: AssetStore, collection: str, item_id: str) -> dict:
+    return {"rel": rel, "href": _item_url(store, collection, item_id), "type": "application/geo+json"}
+
+
+def _set_link(item: dict, link: dict) -> None:
+    item["links"] = [ln for ln in item.get("links", []) if ln.get("rel") != link["rel"]] + [link]
+
+
+def _current_versions(conn: psycopg.Connection, item: dict) -> list[dict]:
+    """Current items of the same product: same collection, tile and acquisition time."""
+    rows = conn.execute(
+        "SELECT id FROM pgstac.items WHERE collection = %s AND datetime = %s::timestamptz "
+        "AND content->'properties'->>'grid:code' = %s",
+        (item["collection"], item["properties"]["datetime"], item["properties"].get("grid:code")),
+    ).fetchall()
+    out = []
+    for (item_id,) in rows:
+        full = conn.execute("SELECT pgstac.get_item(%s, %s)", (item_id, item["collection"])).fetchone()[0]
+        out.append(full)
+    return out
+
+
+def publish_product(settings: CatalogSettings, item: dict, staging: Path, relative_dir: PurePosixPath) -> Published:
+    """Move `staging` to `relative_dir` in the store and commit `item`, atomically and idempotently."""
+    store = AssetStore.from_settings(settings)
+    final = store.path(relative_dir)
+    collection = item["collection"]
+    urls = resolve_urls(settings)
+    conn = connect(urls.ingest, settings, autocommit=False)
+    moved = committed = False
+    try:
+        with conn.transaction():
+            # one publisher at a time per product, across workers and machines
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                         (f"{collection}|{item['properties'].get('grid:code')}|{item['properties']['datetime']}",))
+            existing = conn.execute("SELECT pgstac.get_item(%s, %s)", (item["id"], collection)).fetchone()[0]
+            if existing is not None:
+                if _checksums(existing) == _checksums(item):
+                    shutil.rmtree(staging, ignore_errors=True)
+                    return Published("duplicate", item["id"], collection, final)
+                raise PublishConflict(
+                    f"{item['id']} is already published with different content",
+                    "a reprocessed product must carry a new version (V1-1, V2-0 …) or a later production date",
+                )
+            target, superseded = _settle_versions(conn, store, item)
+            item["collection"] = target
+            if final.exists():  # left by an attempt whose transaction failed and whose rollback was cut short
+                shutil.rmtree(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staging, final)
+            moved = True
+            conn.execute("SELECT pgstac.upsert_item(%s::jsonb)", (json.dumps(item),))
+        committed = True
+        return Published("history" if target != collection else "published", item["id"], target, final, superseded)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"the catalog database failed during publication: {exc}".strip(),
+                                  "the job is retried; nothing of this product was published") from exc
+    finally:
+        conn.close()
+        if moved and not committed and _committed(settings, item) is False:
+            os.rename(final, staging)  # nothing half-published: the files leave with the failed item
+
+
+def _settle_versions(conn: psycopg.Connection, store: AssetStore, item: dict) -> tuple[str, str | None]:
+    """Keep one current version: demote an older current item to history, or file a late older one there."""
+    collection = item["collection"]
+    history = collection + HISTORY_SUFFIX
+    target, superseded = collection, None
+    for current in _current_versions(conn, item):
+        if _version_key(current) > _version_key(item):
+            target = history
+            item["properties"]["deprecated"] = True
+            _set_link(item, _version_link("latest-version", store, collection, current["id"]))
+            continue
+        current["collection"] = history
+        current["properties"]["deprecated"] = True
+        _set_link(current, _version_link("latest-version", store, collection, item["id"]))
+        conn.execute("SELECT pgstac.delete_item(%s, %s)", (current["id"], collection))
+        conn.execute("SELECT pgstac.upsert_item(%s::jsonb)", (json.dumps(current),))
+        _set_link(item, _version_link("predecessor-version", store, history, current["id"]))
+        superseded = current["id"]
+    return target, superseded
+
+
+def _committed(settings: CatalogSettings, item: dict) -> bool | None:
+    """Whether the item is in the catalog, asked on a fresh connection; None when that cannot be known.
+
+    Unknown (the database is gone) leaves the files where they are: files without an item are
+    invisible, whereas an item without its files would be half-published.
+    """
+    try:
+        with connect(resolve_urls(settings).ingest, settings) as conn:
+            row = conn.execute("SELECT 1 FROM pgstac.items WHERE id = %s AND collection = %s",
+                               (item["id"], item["collection"])).fetchone()
+            return row is not None
+    except DatabaseUnavailable:
+        return None

@@ -7,11 +7,14 @@ already plain JSON-ready dicts. Returning a finished response skips both.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 from stac_fastapi.pgstac.core import CoreCrudClient
 from starlette.responses import Response
+
+from catalog.collections import HISTORY_SUFFIX
 
 
 class GeoJSONResponse(Response):
@@ -29,13 +32,35 @@ def _finish(result: Any, cls: type[Response] = GeoJSONResponse) -> Any:
     return result if isinstance(result, Response) else cls(result)
 
 
+CACHE_S = 30.0
+
+
+async def current_collections(request: Any) -> list[str]:
+    """Collections searched by default: all but the `-history` ones (superseded product versions)."""
+    state = request.app.state
+    cached = getattr(state, "landsurf_current_collections", None)
+    if cached and time.monotonic() - cached[0] < CACHE_S:
+        return cached[1]
+    async with state.get_connection(request, "r") as conn:
+        rows = await conn.fetch("SELECT id FROM pgstac.collections WHERE id NOT LIKE $1 ORDER BY id",
+                                "%" + HISTORY_SUFFIX)
+    ids = [r["id"] for r in rows]
+    state.landsurf_current_collections = (time.monotonic(), ids)
+    return ids
+
+
 class LandsurfClient(CoreCrudClient):
-    """Same behaviour as stac-fastapi-pgstac's client; only the encoding of large responses differs."""
+    """stac-fastapi-pgstac's client, with two differences: responses are encoded by orjson, and a
+    search that names neither collections nor ids leaves out superseded versions (`-history`)."""
 
     async def post_search(self, search_request, request, **kwargs: Any):  # type: ignore[override]
+        if not search_request.collections and not search_request.ids:
+            search_request.collections = await current_collections(request)
         return _finish(await super().post_search(search_request, request=request, **kwargs))
 
     async def get_search(self, request, **kwargs: Any):  # type: ignore[override]
+        if not kwargs.get("collections") and not kwargs.get("ids"):
+            kwargs["collections"] = await current_collections(request)
         return _finish(await super().get_search(request, **kwargs))
 
     async def item_collection(self, collection_id: str, request, **kwargs: Any):  # type: ignore[override]

@@ -47,14 +47,12 @@ def _embedded(settings: CatalogSettings):
 @db_app.command("start")
 def db_start() -> None:
     """Create (first time) and start the embedded PostgreSQL, then migrate it."""
-    from catalog.database import migrate
-
     settings = _settings()
     cluster = _embedded(settings)
     started = cluster.start()
-    version = migrate(settings)
     state = "started" if started else "already running"
-    out.print(f"PostgreSQL {state} on 127.0.0.1:{cluster.port} (data {cluster.data_dir}), pgSTAC {version}")
+    out.print(f"PostgreSQL {state} on 127.0.0.1:{cluster.port} (data {cluster.data_dir})")
+    db_migrate()
 
 
 @db_app.command("stop")
@@ -107,11 +105,111 @@ def db_migrate() -> None:
     from catalog.collections import ensure_collections
     from catalog.database import migrate, session
 
+    from processing.queue import ensure_schema
+
     settings = _settings()
     version = migrate(settings)
     with session(settings, "admin") as conn:
         ids = ensure_collections(conn)
-    out.print(f"pgSTAC {version}; collections: {', '.join(ids)}")
+    ensure_schema(settings)
+    out.print(f"pgSTAC {version}; collections: {', '.join(ids)}; job queue ready")
+
+
+@app.command("ingest", context_settings={"allow_extra_args": False})
+def ingest(
+    args: list[str] = typer.Argument(..., metavar="PATH… | watch [DIR] | status",
+                                     help="Deliveries to ingest now; `watch [DIR]` to watch an inbox; `status`."),
+    queue: bool = typer.Option(False, "--queue", help="Only queue the deliveries for `landsurf worker`."),
+    limit: int = typer.Option(50, help="Rows shown by `status`."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable `status`."),
+) -> None:
+    """Ingest MUSCATE L2A deliveries (zip or folder): receipt, validation, COGs, item, publication."""
+    from pathlib import Path
+
+    from ingest.settings import IngestSettings
+
+    settings, ingest_settings = _settings(), IngestSettings()
+    if args[0] == "status":
+        return _ingest_status(settings, limit, as_json)
+    if args[0] == "watch":
+        return _ingest_watch(settings, ingest_settings, Path(args[1]) if len(args) > 1 else None)
+    from ingest.inbox import take
+    from ingest.pipeline import process
+
+    missing = [a for a in args if not Path(a).exists()]
+    if missing:
+        raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
+    if queue:
+        from processing.queue import create_queue, defer
+
+        app_q = create_queue(settings, ingest_settings)
+        with app_q.open():
+            for a in args:
+                delivery = take(settings, ingest_settings, Path(a))
+                defer(app_q, delivery)
+                out.print(f"queued {delivery.name} (receipt {delivery.receipt_id})")
+        return
+    failed = 0
+    for a in args:
+        delivery = take(settings, ingest_settings, Path(a))
+        try:
+            outcome = process(settings, ingest_settings, delivery.receipt_id)
+        except LandsurfError as exc:
+            failed += 1
+            err.print(f"{delivery.name}: failed — {exc}")
+            continue
+        detail = f": {outcome.reason}" if outcome.reason else ""
+        out.print(f"{delivery.name}: {outcome.status} {outcome.product_id or ''}{detail}")
+        failed += outcome.status == "quarantined"
+    if failed:
+        raise typer.Exit(6)
+
+
+def _ingest_watch(settings, ingest_settings, directory) -> None:
+    import time
+
+    from ingest.inbox import Inbox
+    from processing.queue import create_queue, defer
+
+    if directory is not None:
+        ingest_settings = ingest_settings.model_copy(update={"inbox": directory})
+    inbox = Inbox(settings, ingest_settings)
+    app_q = create_queue(settings, ingest_settings)
+    out.print(f"watching {inbox.inbox} (complete after {ingest_settings.stable_seconds:g} s unchanged, "
+              f"or a `<folder>.done` marker); Ctrl-C to stop")
+    with app_q.open():
+        while True:
+            for delivery in inbox.scan():
+                defer(app_q, delivery)
+                out.print(f"received {delivery.name} (receipt {delivery.receipt_id}), queued")
+            time.sleep(ingest_settings.poll_seconds)
+
+
+def _ingest_status(settings, limit: int, as_json: bool) -> None:
+    from rich.table import Table
+
+    from ingest import receipts
+
+    rows = receipts.recent(settings, limit)
+    if as_json:
+        out.print_json(json.dumps([r.as_dict() for r in rows]))
+        return
+    table = Table("id", "delivery", "status", "product", "latency (s)", "reason")
+    for r in rows:
+        table.add_row(str(r.id), r.name, r.status, r.product_id or "",
+                      f"{r.latency_s:.1f}" if r.latency_s is not None else "", (r.reason or "")[:80])
+    out.print(table)
+
+
+@app.command("worker")
+def worker(once: bool = typer.Option(False, "--once", help="Stop when the queue is empty."),
+           concurrency: int = typer.Option(1, min=1, help="Jobs at once in this process.")) -> None:
+    """Run ingest jobs from the queue (any number of workers, on any machine, may run at once)."""
+    from processing.queue import create_queue, run_worker
+
+    settings = _settings()
+    out.print("worker started" + (" (until the queue is empty)" if once else ""))
+    run_worker(create_queue(settings), once=once, concurrency=concurrency)
 
 
 @app.command("sample")
@@ -152,7 +250,6 @@ def demo(port: Optional[int] = None) -> None:
         os.environ["LANDSURF_PUBLIC_URL"] = f"http://{settings.host}:{port}"
         settings = _settings()
     db_start()
-    db_migrate()
     sample(count=6, size=512)
     serve(host=None, port=port, workers=1)
 

@@ -24,6 +24,7 @@ from catalog.embedded import EmbeddedCluster
 from catalog.publish import upsert_items
 from catalog.sample import write_sample
 from catalog.settings import CatalogSettings
+from processing.queue import ensure_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +107,7 @@ def catalog_settings() -> CatalogSettings:
     migrate(settings)
     with session(settings) as conn:
         ensure_collections(conn)
+    ensure_schema(settings)
     yield settings
     cluster.stop()
 

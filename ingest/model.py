@@ -30,6 +30,7 @@ class RasterFile:
     dtype: str
     count: int
     nodata: float | None
+    transform: tuple[float, float, float, float, float, float] | None = None  # affine a, b, c, d, e, f of the file
 
 
 @dataclass(frozen=True)

@@ -278,6 +278,39 @@ def token_revoke(name: str) -> None:
         out.print(f"{revoke_token(conn, name)} token(s) revoked")
 
 
+@app.command("generate")
+def generate(
+    out_dir: str = typer.Option(..., "--out", help="Directory receiving the products (created if missing)."),
+    start: str = typer.Option(..., help="First acquisition date, YYYY-MM-DD."),
+    end: Optional[str] = typer.Option(None, help="Last date, inclusive, YYYY-MM-DD [--start]."),
+    tile: str = typer.Option("31TCH", help="Sentinel-2 tile (MGRS id), e.g. 31TCH."),
+    every: int = typer.Option(5, min=1, help="Days between acquisitions (SENTINEL2A/B alternate)."),
+    size: int = typer.Option(1098, min=64, max=10980, help="10 m pixels a side from the tile's corner (even)."),
+    full: bool = typer.Option(False, "--full", help="The whole tile, 10980 px (overrides --size)."),
+    seed: int = typer.Option(0, min=0, help="Same seed, same bytes."),
+    folder: bool = typer.Option(False, "--folder", help="Write product folders instead of zips."),
+    version: str = typer.Option("1-0", help="Product version, as in the name (1-0)."),
+    truth_dir: Optional[str] = typer.Option(None, help="Where truth and DEM sidecars go [--out]."),
+) -> None:
+    """Write synthetic MUSCATE Sentinel-2 L2A products, with their ground truth, one line per product."""
+    from datetime import date
+    from pathlib import Path
+
+    from ingest.generate import iter_series
+
+    try:
+        first = date.fromisoformat(start)
+        last = date.fromisoformat(end) if end else first
+        if last < first:
+            raise ValueError("--end is before --start")
+        for product in iter_series(Path(out_dir), tile, first, last, every, seed=seed,
+                                   size=10980 if full else size, version=version, as_zip=not folder,
+                                   truth_dir=Path(truth_dir) if truth_dir else None):
+            print(f"{product.path}  cloud {product.cloud_percent}%  snow {product.snow_percent}%", flush=True)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 def main() -> None:
     try:
         app()

@@ -104,7 +104,7 @@ def generate_l2a(out_dir: Path, tile: str, when: datetime | date, *, seed: int =
         staged = Path(tmp) / target.name
         if as_zip:
             with zipfile.ZipFile(staged, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                cloud_pct, snow_pct = _write_product(ZipSink(zf, pid, produced, Path(tmp)), pid, grid, land, scene, when,
+                cloud_pct, snow_pct = _write_product(ZipSink(zf, pid, produced), pid, grid, land, scene, when,
                                                      produced, platform, deflate)
         else:
             cloud_pct, snow_pct = _write_product(FolderSink(staged), pid, grid, land, scene, when, produced,

@@ -8,6 +8,7 @@ its own uvicorn process exactly as `landsurf serve` runs it.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -110,6 +111,7 @@ def catalog_settings() -> CatalogSettings:
     ensure_schema(settings)
     yield settings
     cluster.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,21 +3,19 @@ sidecars and the quicklook.
 
 Reflectances are computed per band at 20 m (class spectrum × shadow × terrain, blended with the cloud), then
 replicated to 10 m for R1 and multiplied by per-pixel noise at the output resolution, row block by row block.
-In zip mode each raster is appended to the archive as soon as it is written, so the unzipped product never
-sits on disk as a whole. Bands are uncompressed by default (MAJA's template says
-`None`; noise would not compress well anyway), masks DEFLATE; GDAL compresses on all CPUs.
+In zip mode each raster is written in memory and appended to the archive at once: a full product (2.6 GB) is
+written to disk once, not twice. Bands are uncompressed by default (MAJA's template says `None`; noise would not
+compress well anyway), masks DEFLATE; GDAL compresses on all CPUs.
 """
 
 from __future__ import annotations
 
-import shutil
 import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import rasterio
@@ -28,7 +26,7 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from ingest.synthetic.noise import F32, up2
+from ingest.synthetic.noise import F32
 from ingest.synthetic.scene import Scene
 from ingest.synthetic.spectra import BANDS_R1, BANDS_R2, NOISE, SHADOW_FACTOR, class_spectra, cloud_spectra
 
@@ -60,11 +58,10 @@ class FolderSink:
 
 class ZipSink:
     """Files appended to an open, stored (uncompressed) zip under `<top>/`, with fixed dates and modes so that
-    reruns are byte-identical. Each raster is written to `scratch`, copied in while still in the page cache,
-    and deleted: cheaper than GDAL's memory files, whose fresh pages cost more than the copy."""
+    reruns are byte-identical. Rasters go through GDAL's memory filesystem, so only the zip touches the disk."""
 
-    def __init__(self, zf: zipfile.ZipFile, top: str, stamp: datetime, scratch: Path) -> None:
-        self.zf, self.top, self.date_time, self.scratch = zf, top, stamp.timetuple()[:6], scratch
+    def __init__(self, zf: zipfile.ZipFile, top: str, stamp: datetime) -> None:
+        self.zf, self.top, self.date_time = zf, top, stamp.timetuple()[:6]
         self.shapes: dict[str, tuple[int, int]] = {}
         for directory in (f"{top}/", f"{top}/MASKS/"):
             info = zipfile.ZipInfo(directory, self.date_time)
@@ -73,25 +70,18 @@ class ZipSink:
 
     @contextmanager
     def open(self, rel: str, **profile: object) -> Iterator[DatasetWriter]:
-        path = self.scratch / Path(rel).name
-        try:
-            with rasterio.open(path, "w", **profile) as ds:
+        with MemoryFile() as mem:
+            with mem.open(**profile) as ds:
                 yield ds
                 self.shapes[rel] = (ds.height, ds.width)
-            with path.open("rb") as src, self._entry(rel, path.stat().st_size) as dst:
-                shutil.copyfileobj(src, dst, 16 << 20)
-        finally:
-            path.unlink(missing_ok=True)
+            self.write_bytes(rel, memoryview(mem.getbuffer()))
 
     def write_bytes(self, rel: str, data: bytes | memoryview) -> None:
-        with self._entry(rel, len(data)) as dst:
-            dst.write(data)
-
-    def _entry(self, rel: str, size: int) -> IO[bytes]:
         info = zipfile.ZipInfo(f"{self.top}/{rel}", self.date_time)
         info.external_attr = 0o100644 << 16
-        info.file_size = size
-        return self.zf.open(info, "w", force_zip64=size > 2**31)
+        info.file_size = len(data)
+        with self.zf.open(info, "w", force_zip64=len(data) > 2**31) as dst:
+            dst.write(data)
 
 
 Sink = FolderSink | ZipSink

@@ -124,9 +124,12 @@ DISK_FULL = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("limit", [50_000, 600_000])
-def test_disk_full_is_transient_and_leaves_no_staging(l2a_large, tmp_path, limit):
-    """A real write failure (RLIMIT_FSIZE → EFBIG), in the first COG or after some were written."""
+@pytest.mark.parametrize("when", ["first COG", "after ten COGs"])
+def test_disk_full_is_transient_and_leaves_no_staging(l2a_large, cogs, tmp_path, when):
+    """A real write failure (RLIMIT_FSIZE → EFBIG), in the first COG or after several were written."""
+    first = cogs.files["FRE_B2"].size
+    limit = 50_000 if when == "first COG" else first + 1  # FRE_B2 … FRE_B12 fit, SRE_B2 is a little larger
+    assert when == "first COG" or cogs.files["SRE_B2"].size > limit
     staging = tmp_path / "store" / ".staging" / "7"
     run = subprocess.run([sys.executable, "-c", DISK_FULL, str(l2a_large.path), str(staging), str(limit)],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)

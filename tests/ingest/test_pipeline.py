@@ -168,37 +168,40 @@ def test_database_down_during_publication_retries_and_nothing_is_half_published(
     with session(settings) as conn:
         ensure_collections(conn)
     ensure_schema(settings)
-    ingest_settings = IngestSettings()
-    product = factory(seed=5, when=WHEN.replace(day=20))
-    delivery = take(settings, ingest_settings, product.path)
-    staging = settings.store_dir / ".staging" / str(delivery.receipt_id)
-    result: dict = {}
+    try:
+        ingest_settings = IngestSettings()
+        product = factory(seed=5, when=WHEN.replace(day=20))
+        delivery = take(settings, ingest_settings, product.path)
+        staging = settings.store_dir / ".staging" / str(delivery.receipt_id)
+        result: dict = {}
 
-    def run() -> None:
-        try:
-            result["outcome"] = process(settings, ingest_settings, delivery.receipt_id)
-        except Exception as exc:  # noqa: BLE001 - the test inspects it
-            result["error"] = exc
+        def run() -> None:
+            try:
+                result["outcome"] = process(settings, ingest_settings, delivery.receipt_id)
+            except Exception as exc:  # noqa: BLE001 - the test inspects it
+                result["error"] = exc
 
-    worker = threading.Thread(target=run)
-    worker.start()
-    deadline = time.monotonic() + 60
-    while not staging.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    cluster.stop()
-    worker.join(120)
-    assert isinstance(result.get("error"), TransientIngestError), result
-    assert "retried" in str(result["error"])
-    assert not list(settings.store_dir.glob(f"{S2_L2A}/**/{product.product_id}"))  # no files in place
-    assert delivery.path.exists()  # the delivery is kept for the retry
-    cluster.start()
-    outcome = process(settings, ingest_settings, delivery.receipt_id)
-    assert outcome.status == "published"
-    with session(settings) as conn:
-        assert conn.execute("SELECT count(*) FROM pgstac.items WHERE id = %s",
-                            (product.product_id,)).fetchone()[0] == 1
-    assert list(settings.store_dir.glob(f"{S2_L2A}/**/{product.product_id}/*FRE_B4*"))
-    cluster.stop()
+        worker = threading.Thread(target=run)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not staging.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cluster.stop()
+        worker.join(120)
+        assert isinstance(result.get("error"), TransientIngestError), result
+        assert "retried" in str(result["error"])
+        assert not list(settings.store_dir.glob(f"{S2_L2A}/**/{product.product_id}"))  # no files in place
+        assert delivery.path.exists()  # the delivery is kept for the retry
+        cluster.start()
+        outcome = process(settings, ingest_settings, delivery.receipt_id)
+        assert outcome.status == "published"
+        with session(settings) as conn:
+            assert conn.execute("SELECT count(*) FROM pgstac.items WHERE id = %s",
+                                (product.product_id,)).fetchone()[0] == 1
+        assert list(settings.store_dir.glob(f"{S2_L2A}/**/{product.product_id}/*FRE_B4*"))
+    finally:
+        cluster.stop()
+        shutil.rmtree(settings.home, ignore_errors=True)
 
 
 def test_two_workers_never_process_a_delivery_twice(catalog_settings, ingest_settings, factory):

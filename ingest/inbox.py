@@ -115,7 +115,9 @@ def take(catalog: CatalogSettings, settings: IngestSettings, path: Path) -> Deli
     receipt_id = receipts.record(catalog, delivery)
     work = settings.work_dir(catalog)
     work.mkdir(parents=True, exist_ok=True)
-    target = work / f"{receipt_id}-{path.name}"
+    # one directory per receipt keeps the delivery's own name (a folder's name is its product id)
+    target = work / str(receipt_id) / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
     if path.parent == settings.inbox_dir(catalog):
         os.rename(path, target)  # the inbox and work/ share a filesystem: atomic
         path.with_name(path.name + ".done").unlink(missing_ok=True)

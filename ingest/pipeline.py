@@ -37,10 +37,11 @@ def quarantine(catalog: CatalogSettings, settings: IngestSettings, receipt_id: i
     """Move the delivery aside with a JSON note of the reason beside it."""
     qdir = settings.quarantine_dir(catalog)
     qdir.mkdir(parents=True, exist_ok=True)
-    target = qdir / path.name
+    target = qdir / f"{receipt_id}-{path.name}"
     if path.exists():
         shutil.move(str(path), target)
-    (qdir / f"{path.name}.reason.json").write_text(json.dumps({"receipt": receipt_id, "reason": reason}, indent=2))
+        _remove_receipt_dir(path)
+    (qdir / f"{target.name}.reason.json").write_text(json.dumps({"receipt": receipt_id, "reason": reason}, indent=2))
     return target
 
 
@@ -117,10 +118,20 @@ def _record_failure(catalog: CatalogSettings, receipt_id: int, reason: str) -> N
 
 def _discard(path: Path, keep: bool = False) -> None:
     if keep:
-        done = path.parent / "done"
+        done = path.parent.parent / "done"
         done.mkdir(exist_ok=True)
-        shutil.move(str(path), done / path.name)
+        shutil.move(str(path), done / f"{path.parent.name}-{path.name}")
     elif path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+    _remove_receipt_dir(path)
+
+
+def _remove_receipt_dir(path: Path) -> None:
+    """work/<receipt>/ is removed once its delivery has left it."""
+    if path.parent.name.isdigit():
+        try:
+            path.parent.rmdir()
+        except OSError:
+            pass

@@ -232,3 +232,28 @@ def test_ingest_status_cli_lists_receipts(catalog_settings):
     rows = json.loads(proc.stdout)
     assert {"published", "quarantined", "duplicate"} <= {r["status"] for r in rows}
     assert all(r["latency_s"] is not None for r in rows if r["status"] == "published")
+
+
+@pytest.mark.parametrize("fault,needle", [
+    ("missing-mtd", "mtd_all.xml"),
+    ("missing-band", "fre_b11"),
+    ("truncated", "truncated"),
+])
+def test_faulty_products_are_quarantined_and_nothing_is_visible(catalog_settings, ingest_settings, tmp_path,
+                                                                 fault, needle, api):
+    when = WHEN.replace(month=7, day={"missing-mtd": 1, "missing-band": 2, "truncated": 3}[fault])
+    made = generate_l2a(tmp_path / "gen", tile="31TCH", when=when, seed=20, size=256, as_zip=False)
+    root = made.path
+    if fault == "missing-mtd":
+        next(root.glob("*_MTD_ALL.xml")).unlink()
+    elif fault == "missing-band":
+        next(root.glob("*_FRE_B11.tif")).unlink()
+    else:
+        band = next(root.glob("*_FRE_B4.tif"))
+        band.write_bytes(band.read_bytes()[: band.stat().st_size // 2])
+    outcome = process(catalog_settings, ingest_settings, take(catalog_settings, ingest_settings, root).receipt_id)
+    assert outcome.status == "quarantined" and needle in outcome.reason.lower(), outcome.reason
+    assert receipts.get(catalog_settings, outcome.receipt_id).reason == outcome.reason
+    day = when.strftime("%Y-%m-%d")
+    assert _search(api, datetime=f"{day}T00:00:00Z/{day}T23:59:59Z") == []
+    assert not list(catalog_settings.store_dir.glob(f"**/{made.product_id}"))

@@ -243,14 +243,30 @@ def serve(host: Optional[str] = None, port: Optional[int] = None, workers: int =
 
 
 @app.command("demo")
-def demo(port: Optional[int] = None) -> None:
-    """The whole box on the embedded default: database, sample catalog, API; prints the URL."""
+def demo(port: Optional[int] = None,
+         products: int = typer.Option(6, min=0, max=50, help="Synthetic deliveries to generate and ingest.")) -> None:
+    """The whole box on the embedded default: database, synthetic deliveries through the ingest pipeline,
+    the API; prints the URL."""
+    from datetime import date, timedelta
+    from pathlib import Path
+
+    from ingest.generate import iter_series
+    from ingest.inbox import take
+    from ingest.pipeline import process
+    from ingest.settings import IngestSettings
+
     settings = _settings()
     if port and "LANDSURF_PUBLIC_URL" not in os.environ:
         os.environ["LANDSURF_PUBLIC_URL"] = f"http://{settings.host}:{port}"
         settings = _settings()
     db_start()
-    sample(count=6, size=512)
+    ingest_settings = IngestSettings()
+    demo_dir = settings.home_dir / "demo-deliveries"
+    start = date(2024, 3, 1)
+    for made in iter_series(demo_dir, "31TCH", start, start + timedelta(days=5 * max(products - 1, 0)), 5,
+                            size=1098, truth_dir=demo_dir / "truth") if products else []:
+        outcome = process(settings, ingest_settings, take(settings, ingest_settings, Path(made.path)).receipt_id)
+        out.print(f"{made.product_id}: {outcome.status}")
     serve(host=None, port=port, workers=1)
 
 

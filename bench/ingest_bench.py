@@ -68,7 +68,7 @@ def drop_to_searchable(home: Path, zip_path: Path) -> dict:
         "with session(s, 'api') as c:\n"
         "    n = c.execute('SELECT count(*) FROM pgstac.items WHERE id = %s', (o.product_id,)).fetchone()[0]\n"
         "print(json.dumps({'status': o.status, 'seconds': round(t, 2), 'take_s': round(t_take, 2), 'searchable': n,"
-        " 'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))\n"
+        " 'peak_rss_mb': round(int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM'))) / 1024)}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=3600,
                           stdin=subprocess.DEVNULL, env={**os.environ, "LANDSURF_LOG_LEVEL": "WARNING"})

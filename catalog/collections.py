@@ -82,8 +82,17 @@ def l2a_item_assets() -> dict[str, dict]:
         assets[f"FRE_{band[0]}"] = _reflectance_asset("FRE", "Flat (slope-corrected) surface reflectance", band)
     for band in S2_BANDS:
         assets[f"SRE_{band[0]}"] = _reflectance_asset("SRE", "Surface reflectance", band)
-    assets["ATB_R1"] = _mask_asset("Water vapour (DN/20 g/cm²) and AOT (DN/200)", "R1", ["data", "atmosphere"])
-    assets["ATB_R2"] = _mask_asset("Water vapour (DN/20 g/cm²) and AOT (DN/200)", "R2", ["data", "atmosphere"])
+    for group in ("R1", "R2"):
+        assets[f"ATB_{group}"] = {
+            "type": COG, "title": f"Water vapour (g/cm²) and aerosol optical thickness ({GSD[group]} m)",
+            "roles": ["data", "atmosphere"], "gsd": GSD[group],
+            "raster:bands": [
+                {"name": "water_vapour", "data_type": "uint8", "nodata": 0, "scale": 0.05, "unit": "g/cm2",
+                 "spatial_resolution": GSD[group]},
+                {"name": "aot", "data_type": "uint8", "nodata": 0, "scale": 0.005,
+                 "spatial_resolution": GSD[group]},
+            ],
+        }
     assets |= _masks_r12("CLM", "Cloud mask (bit 0 all clouds and shadows … bit 7 cirrus)", ["cloud", "data-mask"])
     assets |= _masks_r12("MG2", "Geophysical mask (bit 0 water, 1 cloud, 2 snow, 3 shadow …)", ["data-mask"])
     assets |= _masks_r12("SAT", "Saturation (one bit per band of the group)", ["saturation", "data-mask"])

@@ -27,6 +27,7 @@ from catalog.settings import CatalogSettings
 from catalog.store import AssetStore
 
 Outcome = Literal["published", "duplicate", "history"]
+NAVIGATION_RELS = ("self", "root", "parent", "collection", "items")
 
 
 class PublishConflict(LandsurfError):
@@ -115,6 +116,8 @@ def publish_product(settings: CatalogSettings, item: dict, staging: Path, relati
                     f"{item['id']} is already published with different content",
                     "a reprocessed product must carry a new version (V1-1, V2-0 …) or a later production date",
                 )
+            # the API builds self/parent/root/collection links itself; keep only the links it cannot know
+            item["links"] = [ln for ln in item.get("links", []) if ln.get("rel") not in NAVIGATION_RELS]
             target, superseded = _settle_versions(conn, store, item)
             item["collection"] = target
             if final.exists():  # left by an attempt whose transaction failed and whose rollback was cut short

@@ -47,7 +47,7 @@ def cog_options(key: str, compress: Compression = "deflate", threads: str = "ALL
     continuous = is_continuous(key)
     return {
         "COMPRESS": compress.upper(),
-        "PREDICTOR": "YES" if continuous else "NO",  # horizontal differencing: int16 fields compress ~25 % better
+        "PREDICTOR": "YES" if continuous else "NO",  # horizontal differencing suits fields, not bit masks
         "BLOCKSIZE": str(BLOCKSIZE),
         "OVERVIEWS": "AUTO",
         "RESAMPLING": "AVERAGE" if continuous else "NEAREST",  # a mean of bit fields would invent classes
@@ -83,7 +83,7 @@ def write_cogs(product: L2AProduct, staging: Path, *, compress: Compression = "d
         with ThreadPoolExecutor(1, thread_name_prefix="cog-flush") as flusher:
             pending: Future[CogFile] | None = None
             for key, raster in product.rasters.items():
-                mem = _encode(product, raster, compress, threads)
+                mem = _encode(product, raster, compress, threads, staging)
                 try:
                     if pending is not None:
                         _collect(files, pending)  # at most one COG waits in memory while the next is encoded
@@ -118,7 +118,8 @@ def _collect(files: dict[str, CogFile], pending: Future[CogFile]) -> None:
     files[cog.key] = cog
 
 
-def _encode(product: L2AProduct, raster: RasterFile, compress: Compression, threads: str) -> MemoryFile:
+def _encode(product: L2AProduct, raster: RasterFile, compress: Compression, threads: str,
+            staging: Path) -> MemoryFile:
     """The COG of one raster, in GDAL's memory filesystem, checked for COG layout."""
     mem = MemoryFile(filename=raster.path.name)
     try:
@@ -128,7 +129,7 @@ def _encode(product: L2AProduct, raster: RasterFile, compress: Compression, thre
         mem.close()
         text = str(exc).lower()
         if any(w in text for w in _SPACE_WORDS):
-            raise TransientIngestError(f"no space left while writing COGs ({exc})", "free space and retry") from exc
+            raise _disk_full(staging) from exc  # GDAL's temporary files, if its memory filesystem spills
         if any(w in text for w in _MEMORY_WORDS):
             raise TransientIngestError(f"out of memory while writing the COG of {raster.key} ({exc})",
                                        "lower the number of workers on this machine; the job is retried") from exc

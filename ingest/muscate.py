@@ -7,13 +7,9 @@ never from constants: sub-tile regions of interest are products like any other.
 
 from __future__ import annotations
 
-import errno
 import math
 import re
-import shutil
 import xml.etree.ElementTree as ET
-import zipfile
-import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -24,9 +20,10 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from catalog.collections import COLLECTIONS, S2_BANDS, S2_L2A
-from ingest.errors import InvalidDelivery, TransientIngestError
+from ingest.errors import InvalidDelivery
 from ingest.model import Delivery, L2AProduct, RasterFile
-from ingest.tiff import describe_bytes, tiff_extent
+from ingest.tiff import tiff_extent
+from ingest.unzip import REDELIVER, unzip
 
 PLATFORMS = ("SENTINEL2A", "SENTINEL2B", "SENTINEL2C")
 LEVELS = ("L2A",)
@@ -39,7 +36,6 @@ RASTER_KEYS = [k for k in COLLECTIONS[S2_L2A].item_assets if k not in ("thumbnai
 REQUIRED_KEYS = [k for k in RASTER_KEYS if not k.startswith("SRE_")]  # SRE is optional (spec §6)
 BAND_GROUP = {b[0]: b[5] for b in S2_BANDS}
 REFLECTANCE_NODATA = -10000
-REDELIVER = "ask the producer to deliver the product again"
 
 # ---------------------------------------------------------------------------------------------- extraction
 
@@ -47,94 +43,15 @@ REDELIVER = "ask the producer to deliver the product again"
 def extract(delivery: Delivery, work_dir: Path) -> Path:
     """The product's top folder: a folder delivery is used in place, a zip is unpacked into `work_dir`.
 
-    Every member name is checked before anything is written (zip-slip: `..`, absolute paths, links).
-    `work_dir` belongs to this call: it is removed again when unpacking fails.
+    Every member name is checked before anything is written (zip-slip: `..`, absolute paths, links);
+    `work_dir` belongs to this call and is removed again when unpacking fails.
     """
     path = delivery.path
     if path.is_dir():
         return _product_folder(path)
     if not path.is_file():
         raise InvalidDelivery(path, "the delivery is neither a file nor a folder", REDELIVER)
-    with path.open("rb") as f:
-        head = f.read(8)
-    if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
-        raise InvalidDelivery(path, f"not a zip archive: {describe_bytes(head, path.stat().st_size)}",
-                              "deliver the product as <ID>.zip or as a folder")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            members = zf.infolist()
-            _check_members(path, members)
-            base = work_dir if _single_top_folder(members) else work_dir / path.name.removesuffix(".zip")
-            _check_space(path, work_dir, sum(m.file_size for m in members))
-            try:
-                _unpack(zf, members, base)
-            except BaseException:
-                shutil.rmtree(work_dir, ignore_errors=True)
-                raise
-    except zipfile.BadZipFile as exc:
-        raise InvalidDelivery(path, f"corrupt zip: {exc}", REDELIVER) from exc
-    except (zlib.error, EOFError) as exc:
-        raise InvalidDelivery(path, f"corrupt zip: a member cannot be decompressed ({exc})", REDELIVER) from exc
-    except NotImplementedError as exc:
-        raise InvalidDelivery(path, f"zip uses an unsupported compression method ({exc})",
-                              "zip the product with deflate (zip -r) and deliver it again") from exc
-    except RuntimeError as exc:  # encrypted members
-        raise InvalidDelivery(path, f"zip cannot be read: {exc}", "deliver an unencrypted zip") from exc
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise TransientIngestError(f"no space left while unpacking {path.name} into {work_dir}",
-                                       "free space in the work directory; the job is retried") from exc
-        raise
-    return _product_folder(work_dir / _parts(members[0].filename)[0] if base == work_dir else base)
-
-
-def _check_members(path: Path, members: list[zipfile.ZipInfo]) -> None:
-    """Refuse the whole archive if any entry could land outside the extraction folder."""
-    if not members:
-        raise InvalidDelivery(path, "empty zip archive (no entries)", REDELIVER)
-    for m in members:
-        name = m.filename
-        parts = re.split(r"[/\\]", name)
-        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-            raise InvalidDelivery(path, f"zip-slip entry refused: {name!r} is an absolute path", REDELIVER)
-        if ".." in parts or "\x00" in name or not _parts(name):
-            raise InvalidDelivery(path, f"zip-slip entry refused: {name!r} points outside the product folder",
-                                  REDELIVER)
-        if (m.external_attr >> 16) & 0o170000 == 0o120000:
-            raise InvalidDelivery(path, f"zip-slip entry refused: {name!r} is a symbolic link", REDELIVER)
-    names = ["/".join(_parts(m.filename)) for m in members]
-    if len(set(names)) != len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise InvalidDelivery(path, f"zip has duplicate entries: {', '.join(twice[:3])}", REDELIVER)
-
-
-def _check_space(path: Path, work_dir: Path, needed: int) -> None:
-    existing = next(p for p in (work_dir, *work_dir.parents) if p.exists())
-    free = shutil.disk_usage(existing).free
-    if needed > free:
-        raise TransientIngestError(f"no space left to unpack {path.name}: it needs {needed} bytes, {free} are "
-                                   f"free in {existing}", "free space in the work directory; the job is retried")
-
-
-def _parts(name: str) -> tuple[str, ...]:
-    """Path components of a member name; producers on Windows write backslashes."""
-    return tuple(p for p in re.split(r"[/\\]", name) if p not in ("", "."))
-
-
-def _single_top_folder(members: list[zipfile.ZipInfo]) -> bool:
-    tops = {_parts(m.filename)[0] for m in members}
-    return len(tops) == 1 and any(len(_parts(m.filename)) > 1 or m.is_dir() for m in members)
-
-
-def _unpack(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], base: Path) -> None:
-    for m in members:
-        target = base.joinpath(*_parts(m.filename))
-        if m.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with zf.open(m) as src, target.open("xb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)  # the CRC-32 is checked when the member is fully read
+    return _product_folder(unzip(path, work_dir))
 
 
 def _product_folder(folder: Path) -> Path:

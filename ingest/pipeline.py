@@ -77,7 +77,8 @@ def process(catalog: CatalogSettings, settings: IngestSettings, receipt_id: int)
         staging.parent.mkdir(parents=True, exist_ok=True)
         cogs = write_cogs(product, staging, compress=settings.compress)
         rel = product_prefix(S2_L2A, product.tile, product.acquired, product.product_id)
-        item = build_item(product, cogs, lambda key: store.href(rel / cogs.files[key].path.relative_to(staging)))
+        item = build_item(product, cogs, lambda key: store.href(rel / cogs.files[key].path.relative_to(staging)),
+                          collection_href=f"{store.public_url}/collections/{S2_L2A}")
         published = publish_product(catalog, item.to_dict(include_self_link=False, transform_hrefs=False),
                                     staging, rel)
     except (InvalidDelivery, PublishConflict) as exc:

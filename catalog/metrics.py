@@ -51,6 +51,13 @@ class Metrics:
         self.in_flight = Gauge("landsurf_http_requests_in_flight", "Requests being served", registry=self.registry)
         self.database_up = Gauge("landsurf_database_up", "1 when the last health check reached the database",
                                  registry=self.registry)
+        self.deliveries = Gauge("landsurf_deliveries", "Delivery receipts per status", ["status"],
+                                registry=self.registry)
+        self.delivery_latency = Gauge("landsurf_delivery_to_searchable_seconds",
+                                      "Delivery → searchable latency of products published in the last 24 h",
+                                      ["quantile"], registry=self.registry)
+        self.published_24h = Gauge("landsurf_products_published_24h", "Products published in the last 24 h",
+                                   registry=self.registry)
 
     def install(self, app: FastAPI) -> None:
         @app.middleware("http")
@@ -71,5 +78,26 @@ class Metrics:
                 self.latency.labels(request.method, route).observe(time.perf_counter() - start)
 
         @app.get("/metrics", include_in_schema=False)
-        async def metrics_endpoint() -> Response:
+        async def metrics_endpoint(request: Request) -> Response:
+            await self._refresh_deliveries(request)
             return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _refresh_deliveries(self, request: Request) -> None:
+        """Production figures read at scrape time: receipts per status, delivery→searchable latency (24 h)."""
+        try:
+            async with request.app.state.get_connection(request, "r") as conn:
+                counts = await conn.fetch("SELECT status, count(*) AS n FROM landsurf.deliveries GROUP BY status")
+                row = await conn.fetchrow(
+                    "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS p50, "
+                    "percentile_cont(0.95) WITHIN GROUP (ORDER BY s) AS p95, count(*) AS n FROM ("
+                    "SELECT extract(epoch FROM finished_at - received_at) AS s FROM landsurf.deliveries "
+                    "WHERE status = 'published' AND finished_at > now() - interval '24 hours') t")
+        except Exception:  # noqa: BLE001 - metrics must answer even when the database does not
+            self.database_up.set(0)
+            return
+        self.deliveries.clear()
+        for r in counts:
+            self.deliveries.labels(r["status"]).set(r["n"])
+        for q in ("p50", "p95"):
+            self.delivery_latency.labels(q).set(float(row[q]) if row[q] is not None else float("nan"))
+        self.published_24h.set(row["n"])

@@ -257,3 +257,11 @@ def test_faulty_products_are_quarantined_and_nothing_is_visible(catalog_settings
     day = when.strftime("%Y-%m-%d")
     assert _search(api, datetime=f"{day}T00:00:00Z/{day}T23:59:59Z") == []
     assert not list(catalog_settings.store_dir.glob(f"**/{made.product_id}"))
+
+
+def test_metrics_export_production_and_latency(api):
+    text = httpx.get(api.url + "/metrics", timeout=30).text
+    assert 'landsurf_deliveries{status="published"}' in text
+    assert 'landsurf_delivery_to_searchable_seconds{quantile="p95"}' in text
+    published = [ln for ln in text.splitlines() if ln.startswith("landsurf_products_published_24h ")]
+    assert published and float(published[0].split()[1]) >= 1

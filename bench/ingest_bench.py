@@ -33,19 +33,14 @@ WHEN = datetime(2024, 3, 10, 10, 40, 21, 123000, tzinfo=timezone.utc)
 
 
 def _setup(home: Path):
-    from catalog.collections import ensure_collections
-    from catalog.database import migrate, session
     from catalog.embedded import EmbeddedCluster
     from catalog.settings import CatalogSettings
-    from processing.queue import ensure_schema
+    from processing.setup import prepare_database
 
     settings = CatalogSettings(home=home, statement_timeout_ms=600_000)
     cluster = EmbeddedCluster(settings)
     cluster.start()
-    migrate(settings)
-    with session(settings) as conn:
-        ensure_collections(conn)
-    ensure_schema(settings)
+    prepare_database(settings)
     return settings, cluster
 
 

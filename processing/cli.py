@@ -102,16 +102,9 @@ def db_url(role: str = typer.Option("admin", help="admin | ingest | api")) -> No
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Bring pgSTAC and landsurf's schema to this version and (re)declare the collections."""
-    from catalog.collections import ensure_collections
-    from catalog.database import migrate, session
+    from processing.setup import prepare_database
 
-    from processing.queue import ensure_schema
-
-    settings = _settings()
-    version = migrate(settings)
-    with session(settings, "admin") as conn:
-        ids = ensure_collections(conn)
-    ensure_schema(settings)
+    version, ids = prepare_database(_settings())
     out.print(f"pgSTAC {version}; collections: {', '.join(ids)}; job queue ready")
 
 

@@ -19,13 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from catalog.collections import ensure_collections
-from catalog.database import migrate, session
+from catalog.database import session
 from catalog.embedded import EmbeddedCluster
 from catalog.publish import upsert_items
 from catalog.sample import write_sample
 from catalog.settings import CatalogSettings
-from processing.queue import ensure_schema
+from processing.setup import prepare_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,10 +104,7 @@ def catalog_settings() -> CatalogSettings:
     settings = settings_for(home, public_url=f"http://127.0.0.1:{port}", port=port, statement_timeout_ms=3000)
     cluster = EmbeddedCluster(settings)
     cluster.start()
-    migrate(settings)
-    with session(settings) as conn:
-        ensure_collections(conn)
-    ensure_schema(settings)
+    prepare_database(settings)
     yield settings
     cluster.stop()
     shutil.rmtree(home, ignore_errors=True)

@@ -156,18 +156,13 @@ def test_bad_deliveries_end_in_quarantine_with_their_reason(catalog_settings, in
 
 def test_database_down_during_publication_retries_and_nothing_is_half_published(factory, tmp_path):
     """Stop PostgreSQL while the COGs are being written: the job fails, nothing is visible; restarted, it publishes."""
-    from catalog.collections import ensure_collections
-    from catalog.database import migrate
+    from processing.setup import prepare_database
     from tests.conftest import settings_for
-    from processing.queue import ensure_schema
 
     settings = settings_for(make_home("landsurf-dbdown-"), statement_timeout_ms=5000, connect_timeout_s=2)
     cluster = EmbeddedCluster(settings)
     cluster.start()
-    migrate(settings)
-    with session(settings) as conn:
-        ensure_collections(conn)
-    ensure_schema(settings)
+    prepare_database(settings)
     try:
         ingest_settings = IngestSettings()
         product = factory(seed=5, when=WHEN.replace(day=20))

@@ -112,7 +112,7 @@ def take(catalog: CatalogSettings, settings: IngestSettings, path: Path) -> Deli
     path = path.resolve()
     digest, size = checksum(path)
     delivery = Delivery(path=path, name=path.name, checksum=digest, size=size)
-    receipt_id = receipts.record(catalog, delivery)
+    receipt_id = receipts.pending_for(catalog, delivery) or receipts.record(catalog, delivery)
     work = settings.work_dir(catalog)
     work.mkdir(parents=True, exist_ok=True)
     # one directory per receipt keeps the delivery's own name (a folder's name is its product id)

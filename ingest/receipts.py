@@ -60,6 +60,15 @@ def record(settings: CatalogSettings, delivery: Delivery) -> int:
         ).fetchone()[0]
 
 
+def pending_for(settings: CatalogSettings, delivery: Delivery) -> int | None:
+    """A receipt written for these bytes at this path whose delivery never left it (a crash in between)."""
+    with session(settings, "ingest") as conn:
+        row = conn.execute(
+            "SELECT id FROM landsurf.deliveries WHERE checksum = %s AND path = %s AND status = 'received' "
+            "ORDER BY id LIMIT 1", (delivery.checksum, str(delivery.path))).fetchone()
+    return row[0] if row else None
+
+
 def start(settings: CatalogSettings, receipt_id: int) -> None:
     with session(settings, "ingest") as conn:
         conn.execute(

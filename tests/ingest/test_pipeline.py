@@ -260,3 +260,19 @@ def test_metrics_export_production_and_latency(api):
     assert 'landsurf_delivery_to_searchable_seconds{quantile="p95"}' in text
     published = [ln for ln in text.splitlines() if ln.startswith("landsurf_products_published_24h ")]
     assert published and float(published[0].split()[1]) >= 1
+
+
+def test_a_receipt_left_by_a_crash_before_the_rename_is_taken_up_again(catalog_settings, ingest_settings, factory):
+    from ingest.inbox import checksum
+    from ingest.model import Delivery
+
+    product = factory(seed=30, when=WHEN.replace(month=8, day=1))
+    inbox = ingest_settings.inbox_dir(catalog_settings)
+    inbox.mkdir(parents=True, exist_ok=True)
+    dropped = inbox / product.path.name
+    shutil.copy(product.path, dropped)
+    digest, size = checksum(dropped)
+    orphan = receipts.record(catalog_settings, Delivery(dropped, dropped.name, digest, size))  # then "crash"
+    taken = take(catalog_settings, ingest_settings, dropped)
+    assert taken.receipt_id == orphan
+    assert process(catalog_settings, ingest_settings, taken.receipt_id).status == "published"

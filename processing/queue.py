@@ -8,6 +8,8 @@ run of a finished delivery a no-op.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import procrastinate
 from psycopg import sql
 
@@ -64,8 +66,6 @@ def ensure_schema(catalog: CatalogSettings) -> bool:
             app.schema_manager.apply_schema()
     with connect(urls.admin, catalog) as conn:
         user = conn.info.user
-        from urllib.parse import urlsplit
-
         ingest_user = urlsplit(urls.ingest).username
         if ingest_user and ingest_user != user:
             who = sql.Identifier(ingest_user)

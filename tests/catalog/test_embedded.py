@@ -16,7 +16,7 @@ import pytest
 
 from catalog.database import check_schema, migrate, session
 from catalog.embedded import EmbeddedCluster
-from catalog.errors import ConfigurationError, EmbeddedDatabaseError, SchemaMismatch
+from catalog.errors import SchemaMismatch
 from catalog.settings import CatalogSettings
 from tests.conftest import ApiServer, env_for, free_port, make_home, run_cli, settings_for
 

@@ -11,7 +11,6 @@ import threading
 import time
 import zipfile
 from datetime import datetime, timezone
-from pathlib import Path
 
 import httpx
 import pytest

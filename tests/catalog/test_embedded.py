@@ -126,6 +126,7 @@ def test_external_database_url_is_used_as_is(scratch):
     assert not (Path(other.home) / "pg").exists()
     proc = run_cli("db", "status", "--json", env=env_for(other))
     assert proc.returncode == 0 and '"reachable": true' in proc.stdout
+    shutil.rmtree(other.home, ignore_errors=True)
 
 
 def test_schema_version_mismatch_is_refused(scratch):
@@ -189,3 +190,4 @@ def test_api_without_database_gives_a_clear_error(scratch):
     with pytest.raises(RuntimeError, match="cannot reach its database|cannot connect"):
         server.start()
     server.stop()
+    shutil.rmtree(settings.home, ignore_errors=True)

@@ -275,3 +275,30 @@ def test_a_receipt_left_by_a_crash_before_the_rename_is_taken_up_again(catalog_s
     taken = take(catalog_settings, ingest_settings, dropped)
     assert taken.receipt_id == orphan
     assert process(catalog_settings, ingest_settings, taken.receipt_id).status == "published"
+
+
+def test_a_system_fault_is_retried_by_the_queue_with_backoff(catalog_settings, ingest_settings, factory, tmp_path):
+    """A worker whose store cannot be written fails the job; the queue retries it later, and it publishes."""
+    product = factory(seed=40, when=WHEN.replace(month=9, day=1))
+    queue = create_queue(catalog_settings, ingest_settings)
+    with queue.open():
+        delivery = take(catalog_settings, ingest_settings, product.path)
+        defer(queue, delivery)
+    not_a_dir = tmp_path / "store-is-a-file"
+    not_a_dir.write_text("")
+    broken = subprocess.run([sys.executable, "-m", "processing.cli", "worker", "--once"], cwd=ROOT, timeout=300,
+                            env=env_for(catalog_settings, LANDSURF_STORE=str(not_a_dir)), capture_output=True,
+                            text=True, stdin=subprocess.DEVNULL)
+    assert broken.returncode == 0, broken.stderr[-2000:]
+    failed = receipts.get(catalog_settings, delivery.receipt_id)
+    assert failed.status == "failed" and failed.attempts == 1 and "store-is-a-file" in failed.reason
+    assert delivery.path.exists()  # kept for the retry
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        subprocess.run([sys.executable, "-m", "processing.cli", "worker", "--once"], cwd=ROOT, timeout=300,
+                       env=env_for(catalog_settings), capture_output=True, stdin=subprocess.DEVNULL)
+        if receipts.get(catalog_settings, delivery.receipt_id).status == "published":
+            break
+        time.sleep(1)
+    done = receipts.get(catalog_settings, delivery.receipt_id)
+    assert done.status == "published" and done.attempts == 2, done

@@ -278,7 +278,6 @@ class EmbeddedCluster:
             if not entry.name.isdigit():
                 continue
             try:
-                cmd = (entry / "cmdline").read_bytes().split(b"\0")
                 exe = os.readlink(entry / "exe")
             except (OSError, PermissionError):
                 continue
@@ -289,7 +288,6 @@ class EmbeddedCluster:
                         found.append(int(entry.name))
                 except OSError:
                     continue
-                del cmd
         return found
 
     def start(self) -> bool:

@@ -15,6 +15,7 @@ from stac_fastapi.pgstac.core import CoreCrudClient
 from starlette.responses import Response
 
 from catalog.collections import HISTORY_SUFFIX
+from catalog.store import render_href
 
 
 class GeoJSONResponse(Response):
@@ -49,9 +50,28 @@ async def current_collections(request: Any) -> list[str]:
     return ids
 
 
+def render_item(item: dict, base_url: str) -> dict:
+    """Stored hrefs (store paths, API paths) of one item made public URLs of this response, in place."""
+    for asset in (item.get("assets") or {}).values():
+        if isinstance(asset, dict) and isinstance(asset.get("href"), str):
+            asset["href"] = render_href(asset["href"], base_url)
+    for link in item.get("links") or []:
+        if isinstance(link, dict) and isinstance(link.get("href"), str) and link["href"].startswith("/"):
+            link["href"] = render_href(link["href"], base_url)
+    return item
+
+
 class LandsurfClient(CoreCrudClient):
     """stac-fastapi-pgstac's client, with two differences: responses are encoded by orjson, and a
     search that names neither collections nor ids leaves out superseded versions (`-history`)."""
+
+    async def _search_base(self, search_request, request):  # type: ignore[override]
+        """Every item answer (search, items, item) passes here: render its stored hrefs for this request."""
+        result = await super()._search_base(search_request, request=request)
+        base = str(request.base_url)
+        for feature in result.get("features") or []:
+            render_item(feature, base)
+        return result
 
     async def post_search(self, search_request, request, **kwargs: Any):  # type: ignore[override]
         if not search_request.collections and not search_request.ids:

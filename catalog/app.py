@@ -1,40 +1,47 @@
 """One ASGI app: the STAC API (stac-fastapi-pgstac), tiles (titiler-pgstac at /raster),
-downloads, /health and /metrics — built from settings by `create_app`, nothing at import time.
+downloads, /health, /metrics and the operator views — built from settings by `create_app`,
+nothing at import time and no process-global state changed.
+
+Around the application, outermost first (each a small ASGI middleware with one job):
+`ErrorShield` (an unexpected error is a 500 that closes its connection cleanly) → `PublicUrl`
+(the public base of every URL; forwarded headers only from trusted proxies) → metrics →
+`WriteGuard` (writes denied by default) → `RequestLimits` (every size bounded) → `RenderSlots`
+(images rendered a few at a time) → stac-fastapi's own middlewares → routes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, AsyncIterator, Literal
-from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
 import psycopg
 from brotli_asgi import BrotliMiddleware
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool, PoolTimeout
 from pypgstac.version import __version__ as PYPGSTAC_VERSION
+from stac_fastapi.api.middleware import ProxyHeaderMiddleware
 from stac_fastapi.pgstac.app import instantiate_api
 from stac_fastapi.pgstac.config import Settings as StacSettings
 from stac_fastapi.pgstac.db import translate_pgstac_errors
-from stac_fastapi.pgstac.models.extensions import Extensions
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from catalog import __version__
-from catalog.auth import require_role
+from catalog.auth import WriteGuard, require_role, role_of
 from catalog.database import resolve_urls
-from catalog.errors import DatabaseUnavailable, LandsurfError, NotFound, SchemaMismatch
+from catalog.download import add_download_route
+from catalog.errors import DatabaseUnavailable, LandsurfError, SchemaMismatch
+from catalog.limits import RenderSlots, RequestLimits
 from catalog.logging import get_logger
 from catalog.metrics import Metrics
+from catalog.proxy import ErrorShield, PublicUrl
 from catalog.settings import CatalogSettings
 from catalog.stac import LandsurfClient
+from catalog.transactions import landsurf_extensions
 from catalog.store import DOWNLOAD_PREFIX, AssetStore
 from catalog.tiles import MountedRootPath, create_tiler_app
 
@@ -54,17 +61,16 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncio.TimeoutError,
     ConnectionError,
 )
-
-TRANSACTION_SCOPES = [
-    {"path": "/collections", "method": "POST"},
-    {"path": "/collections/{collection_id}", "method": "PUT"},
-    {"path": "/collections/{collection_id}", "method": "PATCH"},
-    {"path": "/collections/{collection_id}", "method": "DELETE"},
-    {"path": "/collections/{collection_id}/items", "method": "POST"},
-    {"path": "/collections/{collection_id}/items/{item_id}", "method": "PUT"},
-    {"path": "/collections/{collection_id}/items/{item_id}", "method": "PATCH"},
-    {"path": "/collections/{collection_id}/items/{item_id}", "method": "DELETE"},
-]
+# What pgSTAC raises for a search it cannot evaluate: the client's request is at fault.
+BAD_QUERY: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.DataError,                  # 22xxx: invalid values, casts, timestamps
+    asyncpg.exceptions.UndefinedFunctionError,     # an unknown CQL2 function or operator
+    asyncpg.exceptions.RaiseError,                 # pgSTAC's own RAISE EXCEPTION on bad input
+    asyncpg.exceptions.InvalidTextRepresentationError,
+    psycopg.errors.DataError,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.RaiseException,
+)
 
 
 def _error_body(code: str, description: str) -> dict[str, str]:
@@ -81,13 +87,14 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _bad_query(request: Request, exc: Exception) -> JSONResponse:
-    """pgSTAC rejects a filter or search it cannot evaluate: the client's request is at fault."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     return JSONResponse(status_code=400, content=_error_body("BadRequest", f"invalid search: {message}"))
 
 
 async def _domain_error(request: Request, exc: LandsurfError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    if exc.http_status == 503:
+        headers = {"Retry-After": "5"}
     return JSONResponse(status_code=exc.http_status, headers=headers,
                         content=_error_body(type(exc).__name__, str(exc)))
 
@@ -96,33 +103,9 @@ def add_error_handlers(app: FastAPI) -> None:
     """One map from failure to status, on every (sub-)application."""
     for exc in UNAVAILABLE:
         app.add_exception_handler(exc, _unavailable)
-    for exc in (asyncpg.exceptions.DataError, psycopg.errors.DataError):
+    for exc in BAD_QUERY:
         app.add_exception_handler(exc, _bad_query)
     app.add_exception_handler(LandsurfError, _domain_error)  # type: ignore[arg-type]
-
-
-class PublicUrlMiddleware:
-    """Every URL the app emits starts with the configured public base, whatever the Host header."""
-
-    def __init__(self, app: ASGIApp, public_url: str) -> None:
-        self.app = app
-        parts = urlsplit(public_url)
-        self.scheme = parts.scheme
-        self.host = parts.netloc.encode()
-        self.prefix = parts.path.rstrip("/")
-        self.hostname = parts.hostname or "localhost"
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope = dict(scope)
-            scope["scheme"] = self.scheme
-            scope["server"] = (self.hostname, self.port)
-            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"host"] + [(b"host", self.host)]
-            if self.prefix:
-                scope["root_path"] = self.prefix
-                scope["app_root_path"] = self.prefix
-        await self.app(scope, receive, send)
 
 
 def _asyncpg_pool_kwargs(settings: CatalogSettings, read_only: bool) -> dict[str, Any]:
@@ -139,6 +122,7 @@ def _asyncpg_pool_kwargs(settings: CatalogSettings, read_only: bool) -> dict[str
         min_size=settings.db_min_conn,
         max_size=settings.db_max_conn,
         timeout=settings.connect_timeout_s,
+        command_timeout=settings.statement_timeout_ms / 1000 + 2,
         max_inactive_connection_lifetime=300,
         server_settings=server_settings,
     )
@@ -170,16 +154,24 @@ async def check_database(app: FastAPI, timeout: float) -> dict[str, Any]:
             "schema_ok": version == PYPGSTAC_VERSION}
 
 
+def _tiler_pool(url: str, settings: CatalogSettings, *, read_only: bool, min_size: int) -> ConnectionPool:
+    options = (f"-c search_path=pgstac,public -c application_name=landsurf-tiler "
+               f"-c statement_timeout={settings.statement_timeout_ms}")
+    if read_only:
+        options += " -c pgstac.readonly=true"  # a tile or item request never writes a search row
+    return ConnectionPool(
+        conninfo=url, min_size=min_size, max_size=settings.db_max_conn, timeout=settings.pool_timeout_s,
+        max_idle=300, num_workers=2, open=True,
+        kwargs={"options": options, "connect_timeout": max(1, int(settings.connect_timeout_s))},
+    )
+
+
 def create_app(settings: CatalogSettings | None = None) -> FastAPI:
     """Build the whole API from settings."""
     settings = settings or CatalogSettings()
     urls = resolve_urls(settings)
     store = AssetStore.from_settings(settings)
-    os.environ.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
-    os.environ.setdefault("GDAL_CACHEMAX", "256")
-    os.environ.setdefault("VSI_CACHE", "TRUE")
-
-    tiler = create_tiler_app(store, {})
+    tiler = create_tiler_app(store, settings)
     add_error_handlers(tiler)
     metrics = Metrics()
 
@@ -187,7 +179,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             app.state.readpool = await asyncpg.create_pool(
-                urls.api, init=_init_connection, **_asyncpg_pool_kwargs(settings, read_only=settings.api_read_only))
+                urls.api, init=_init_connection, **_asyncpg_pool_kwargs(settings, read_only=True))
             app.state.writepool = await asyncpg.create_pool(
                 urls.ingest, init=_init_connection, **{**_asyncpg_pool_kwargs(settings, False), "min_size": 0})
         except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
@@ -200,17 +192,14 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
                 f"the database has pgSTAC {info['pgstac_version']} but this landsurf needs {PYPGSTAC_VERSION}",
                 "run `landsurf db migrate`",
             )
-        tiler.state.dbpool = ConnectionPool(
-            conninfo=urls.api, min_size=1, max_size=settings.db_max_conn, timeout=settings.pool_timeout_s,
-            max_idle=300, num_workers=2, open=True,
-            kwargs={"options": f"-c search_path=pgstac,public -c application_name=landsurf-tiler "
-                               f"-c statement_timeout={settings.statement_timeout_ms}",
-                    "connect_timeout": max(1, int(settings.connect_timeout_s))},
-        )
+        tiler.state.readpool = app.state.readpool  # token look-ups of the tiler's operator views
+        tiler.state.dbpool = _tiler_pool(urls.api, settings, read_only=True, min_size=1)
+        tiler.state.writepool = _tiler_pool(urls.ingest, settings, read_only=False, min_size=0)
         tiler.state.dbpool.wait(timeout=settings.connect_timeout_s)
-        log.info("api ready", public_url=settings.public_url, pgstac=info["pgstac_version"])
+        log.info("api ready", public_url=settings.base_url, pgstac=info["pgstac_version"])
         yield
         tiler.state.dbpool.close()
+        tiler.state.writepool.close()
         await app.state.readpool.close()
         await app.state.writepool.close()
 
@@ -227,35 +216,20 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
     client = functools.partial(LandsurfClient, landing_page_id="landsurf", title=stac_settings.stac_fastapi_title,
                                description=stac_settings.stac_fastapi_description)
     api = instantiate_api(client=client, settings=stac_settings,  # type: ignore[arg-type]
-                          extensions=Extensions(settings=stac_settings), lifespan=lifespan)
-    api.add_route_dependencies(scopes=TRANSACTION_SCOPES, dependencies=[Depends(require_role("admin"))])
+                          extensions=landsurf_extensions(stac_settings, store), lifespan=lifespan)
     app = api.app
     add_error_handlers(app)
 
-    # stac-fastapi's Brotli would re-compress PNG tiles; titiler compresses what it should
+    # stac-fastapi's Brotli would re-compress PNG tiles and files; titiler compresses what it should.
+    # Its ProxyHeaderMiddleware believes Forwarded/X-Forwarded-* from anyone: PublicUrl replaces it.
     app.user_middleware = [
         Middleware(BrotliMiddleware, excluded_handlers=[r"^/raster/", rf"^{DOWNLOAD_PREFIX}/"])
         if m.cls is BrotliMiddleware else m
-        for m in app.user_middleware
+        for m in app.user_middleware if m.cls is not ProxyHeaderMiddleware
     ]
     app.mount("/raster", MountedRootPath(tiler), name="raster")
-
-    @app.api_route(DOWNLOAD_PREFIX + "/{path:path}", methods=["GET", "HEAD"], tags=["Download"],
-                   response_class=FileResponse)
-    async def download(path: str, request: Request) -> Response:
-        """One published file, with Range, ETag and Last-Modified (what GDAL's /vsicurl/ needs)."""
-        local: Path = store.path(path)
-        try:
-            stat = local.stat()
-        except (FileNotFoundError, NotADirectoryError):
-            stat = None
-        if stat is None or not local.is_file():
-            raise NotFound(f"no file {path} in the store", "check the asset href in the item")
-        response = FileResponse(local, stat_result=stat, headers={"Cache-Control": "public, max-age=86400"})
-        etag = response.headers["etag"]
-        if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
-            return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "public, max-age=86400"})
-        return response
+    add_download_route(app, store)
+    operator = Depends(require_role("operator"))
 
     @app.get("/health", tags=["Health"])
     async def health(request: Request) -> JSONResponse:
@@ -273,9 +247,10 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
         metrics.database_up.set(1)
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
-    @app.get("/deliveries", tags=["Ingest"])
+    @app.get("/deliveries", tags=["Operations"], dependencies=[operator])
     async def deliveries(request: Request, status: str | None = None, limit: int = 100) -> JSONResponse:
-        """Receipts of the latest deliveries: status, reason, product and delivery→searchable latency."""
+        """Receipts of the latest deliveries: status, reason, product and delivery→searchable latency
+        (operator token)."""
         limit = max(1, min(limit, 1000))
         async with request.app.state.get_connection(request, "r") as conn:
             rows = await conn.fetch(
@@ -293,8 +268,18 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
             items.append(row)
         return JSONResponse({"counts": {c["status"]: c["n"] for c in counts}, "deliveries": items})
 
-    metrics.install(app)
-    app.add_middleware(PublicUrlMiddleware, public_url=settings.public_url)
+    metrics.install(app, settings.metrics_scrape_addresses)
+
+    async def verify(scope, token: str) -> str | None:
+        return await role_of(scope["app"].state, token, settings.pool_timeout_s)
+
+    # add_middleware puts each one outside the previous: innermost first
+    app.add_middleware(RenderSlots, slots=settings.max_concurrent_renders, wait_s=settings.render_queue_s)
+    app.add_middleware(RequestLimits, settings=settings)
+    app.add_middleware(WriteGuard, verify=verify)
+    app.add_middleware(metrics.middleware)
+    app.add_middleware(PublicUrl, settings=settings)
+    app.add_middleware(ErrorShield)
     app.state.landsurf_settings = settings
     app.state.store = store
     return app

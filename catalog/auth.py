@@ -1,24 +1,70 @@
-"""Bearer tokens: created by an operator, stored hashed, each carrying a role.
+"""Bearer tokens and who may do what: writes are denied by default.
 
-Only `admin` tokens may use the STAC transaction endpoints; reading needs no token.
+Tokens are created by an operator, stored hashed, and carry a role:
+- `admin`: every write (STAC transactions, registering mosaic searches) and every operator view;
+- `operator`: the operator views (`/deliveries`, `/metrics`) — production health, no writes.
+
+`WriteGuard` sits in front of the whole application, the mounted tiler included: any request whose
+method is not GET, HEAD or OPTIONS needs an admin token unless its route is on `PUBLIC_WRITES`, one
+explicit list of reads that carry a body. A route added later is therefore protected without anyone
+remembering to protect it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import psycopg
 from fastapi import Request
+from starlette._utils import get_route_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from catalog.asgi import header, send_error
 from catalog.errors import Forbidden, Unauthorized
 
-Role = Literal["admin", "ingest", "read"]
-ROLES: tuple[str, ...] = ("admin", "ingest", "read")
+Role = Literal["admin", "operator"]
+ROLES: tuple[str, ...] = ("admin", "operator")
+GRANTS: dict[str, frozenset[str]] = {"admin": frozenset({"admin", "operator"}), "operator": frozenset({"operator"})}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+TOKEN_HINT = "send `Authorization: Bearer <token>`; an operator creates one with `landsurf token create --role ROLE`"
 
 
-def _hash(token: str) -> str:
+@dataclass(frozen=True)
+class PublicWrite:
+    method: str
+    path: re.Pattern[str]
+    why: str
+
+
+def _route(pattern: str) -> re.Pattern[str]:
+    """A route template (`{name}` = one path segment) as an anchored regex."""
+    return re.compile("^" + re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(pattern)) + "$")
+
+
+_IMAGE = r"(/(\d+)x(\d+))?(\.[a-z0-9]+)?"
+PUBLIC_WRITES: tuple[PublicWrite, ...] = (
+    PublicWrite("POST", _route("/search"), "item search with a JSON body (STAC API): a read"),
+    PublicWrite("POST", re.compile(r"^/raster/collections/[^/]+/items/[^/]+/statistics$"),
+                "statistics of an item inside a posted GeoJSON feature: a read"),
+    PublicWrite("POST", re.compile(r"^/raster/collections/[^/]+/items/[^/]+/feature" + _IMAGE + "$"),
+                "an image of an item cut to a posted GeoJSON feature: a read"),
+    PublicWrite("POST", re.compile(r"^/raster/(collections|searches)/[^/]+/statistics$"),
+                "statistics of a mosaic inside a posted GeoJSON feature: a read"),
+    PublicWrite("POST", re.compile(r"^/raster/(collections|searches)/[^/]+/feature" + _IMAGE + "$"),
+                "an image of a mosaic cut to a posted GeoJSON feature: a read"),
+)
+
+
+def is_public_write(method: str, path: str) -> bool:
+    return any(w.method == method and w.path.match(path) for w in PUBLIC_WRITES)
+
+
+def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -29,7 +75,7 @@ def create_token(conn: psycopg.Connection, name: str, role: Role) -> str:
     token = "lsf_" + secrets.token_urlsafe(32)
     conn.execute(
         "INSERT INTO landsurf.api_tokens (token_sha256, name, role) VALUES (%s, %s, %s)",
-        (_hash(token), name, role),
+        (token_hash(token), name, role),
     )
     return token
 
@@ -39,31 +85,71 @@ def revoke_token(conn: psycopg.Connection, name: str) -> int:
     return cur.rowcount
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("this endpoint needs a bearer token", "send `Authorization: Bearer <token>`; "
-                           "an operator creates one with `landsurf token create --role admin`")
-    return token.strip()
+def bearer_token(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 256:
+        return None
+    return token
 
 
-async def token_role(request: Request, token: str) -> str | None:
-    async with request.app.state.get_connection(request, "r") as conn:
+async def role_of(app_state, token: str, timeout: float) -> str | None:
+    """The role of a live token, or None; one indexed look-up on the read pool."""
+    async with app_state.readpool.acquire(timeout=timeout) as conn:
         return await conn.fetchval(
-            "SELECT role FROM landsurf.api_tokens WHERE token_sha256 = $1 AND revoked IS NULL", _hash(token)
-        )
+            "SELECT role FROM landsurf.api_tokens WHERE token_sha256 = $1 AND revoked IS NULL", token_hash(token))
 
 
-def require_role(*allowed: str):
-    """A FastAPI dependency: 401 without a valid token, 403 when its role is not allowed."""
+def require_role(needed: str, *, allow: Callable[[Request], bool] | None = None):
+    """A FastAPI dependency for views that are reads but not public: 401 without a token, 403 when its role
+    does not grant `needed`. `allow` may admit a request without a token (a configured scrape address)."""
 
-    async def dependency(request: Request) -> str:
-        role = await token_role(request, _bearer(request))
+    async def dependency(request: Request) -> str | None:
+        if allow is not None and allow(request):
+            return None
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise Unauthorized("this view needs a bearer token", TOKEN_HINT.replace("ROLE", needed))
+        role = await role_of(request.app.state, token, request.app.state.landsurf_settings.pool_timeout_s)
         if role is None:
             raise Unauthorized("the bearer token is unknown or revoked", "ask an operator for a valid token")
-        if role not in allowed:
-            raise Forbidden(f"a {role!r} token may not do this", f"this needs a token with role {' or '.join(allowed)}")
+        if needed not in GRANTS.get(role, ()):
+            raise Forbidden(f"a {role!r} token may not see this", f"this needs a token with role {needed}")
         return role
 
     return dependency
+
+
+class WriteGuard:
+    """Deny by default: every non-read request needs an admin token unless it is a listed public write."""
+
+    def __init__(self, app: ASGIApp, verify: Callable[[Scope, str], Awaitable[str | None]]) -> None:
+        self.app = app
+        self.verify = verify
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS \
+                or is_public_write(scope["method"], get_route_path(scope)):
+            await self.app(scope, receive, send)
+            return
+        token = bearer_token(header(scope, b"authorization"))
+        if token is None:
+            await _refuse(send, 401, "Unauthorized", "this request writes and needs a bearer token",
+                          TOKEN_HINT.replace("ROLE", "admin"))
+            return
+        role = await self.verify(scope, token)
+        if role is None:
+            await _refuse(send, 401, "Unauthorized", "the bearer token is unknown or revoked",
+                          "ask an operator for a valid token")
+            return
+        if "admin" not in GRANTS.get(role, ()):
+            await _refuse(send, 403, "Forbidden", f"a {role!r} token may not write",
+                          "writes need a token with role admin")
+            return
+        scope.setdefault("state", {})["landsurf_role"] = role
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Send, status: int, code: str, problem: str, fix: str) -> None:
+    extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+    await send_error(send, status, code, f"{problem} — {fix}", extra)

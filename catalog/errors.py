@@ -44,6 +44,29 @@ class EmbeddedDatabaseError(DatabaseError):
     """The embedded PostgreSQL cluster cannot be initialised, started or stopped."""
 
 
+class BadRequest(LandsurfError):
+    """The request itself is wrong: a malformed or forbidden value."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class LimitExceeded(BadRequest):
+    """A size-like input is over its documented maximum (docs/operations.md, "Limits")."""
+
+
+class PayloadTooLarge(LimitExceeded):
+    """The request body is over its maximum."""
+
+    http_status = 413
+
+
+class Busy(LandsurfError):
+    """Every slot for this kind of work is taken: retry shortly."""
+
+    http_status = 503
+
+
 class NotFound(LandsurfError):
     """A named object (collection, item, file) does not exist."""
 

@@ -1,30 +1,41 @@
 """Prometheus metrics of the API: request rate and latency per route template, database state.
 
 A registry per app (not the process-global default) so that several apps can live in one
-process, as they do in tests.
+process, as they do in tests. Every label comes from a closed set — methods outside the HTTP
+standard become `OTHER`, paths become their route template (`unmatched` when no route matched),
+statuses their three digits — so no client can create series. /metrics is rendered in a worker
+thread (never on the event loop) and only for an operator token or a configured scrape address.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
-from fastapi import FastAPI, Request, Response
+import anyio
+from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette._utils import get_route_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from catalog.auth import require_role
+
+METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-def _route_template(request: Request) -> str:
+def _route_template(scope: Scope) -> str:
     """Low-cardinality label: the request path with its path parameters put back as `{name}`.
 
     Derived from the matched parameters rather than from router internals, so that routes of
     included routers and of the mounted tiler get their full template, prefixes included.
     """
-    if request.scope.get("route") is None:
+    if scope.get("route") is None:
         return "unmatched"
-    path = request.url.path
+    path = scope["path"]
     params = {}
-    for name, value in request.scope.get("path_params", {}).items():
+    for name, value in scope.get("path_params", {}).items():
         value = str(value)
         if "/" in value:  # a {path:path} parameter spans segments
             path = path.replace(value, "{" + name + "}")
@@ -59,28 +70,51 @@ class Metrics:
         self.published_24h = Gauge("landsurf_products_published_24h", "Products published in the last 24 h",
                                    registry=self.registry)
 
-    def install(self, app: FastAPI) -> None:
-        @app.middleware("http")
-        async def measure(request: Request, call_next):
-            if request.url.path == "/metrics":
-                return await call_next(request)
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """The ASGI middleware that counts and times every request but /metrics itself."""
+
+        async def measure(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or get_route_path(scope) == "/metrics":
+                await app(scope, receive, send)
+                return
             start = time.perf_counter()
-            self.in_flight.inc()
             status = 500
+
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            self.in_flight.inc()
             try:
-                response = await call_next(request)
-                status = response.status_code
-                return response
+                await app(scope, receive, send_status)
             finally:
                 self.in_flight.dec()
-                route = _route_template(request)
-                self.requests.labels(request.method, route, str(status)).inc()
-                self.latency.labels(request.method, route).observe(time.perf_counter() - start)
+                method = scope["method"] if scope["method"] in METHODS else "OTHER"
+                route = _route_template(scope)
+                self.requests.labels(method, route, str(status)[:3]).inc()
+                self.latency.labels(method, route).observe(time.perf_counter() - start)
 
-        @app.get("/metrics", include_in_schema=False)
+        return measure
+
+    def install(self, app: FastAPI, scrape_addresses: list[str]) -> None:
+        networks = [ipaddress.ip_network(a, strict=False) for a in scrape_addresses]
+
+        def scraper(request: Request) -> bool:
+            client = request.client.host if request.client else ""
+            try:
+                address = ipaddress.ip_address(client)
+            except ValueError:
+                return False
+            return any(address in n for n in networks)
+
+        @app.get("/metrics", include_in_schema=False,
+                 dependencies=[Depends(require_role("operator", allow=scraper))])
         async def metrics_endpoint(request: Request) -> Response:
             await self._refresh_deliveries(request)
-            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+            body = await anyio.to_thread.run_sync(generate_latest, self.registry)
+            return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def _refresh_deliveries(self, request: Request) -> None:
         """Production figures read at scrape time: receipts per status, delivery→searchable latency (24 h)."""

@@ -1,19 +1,36 @@
-"""Settings of the catalog package (environment variables prefixed `LANDSURF_`)."""
+"""Settings of the catalog package (environment variables prefixed `LANDSURF_`), split by concern as
+stac-fastapi-pgstac splits its own: the database, the store, the HTTP face. `CatalogSettings` is all
+three for code that needs more than one; a part that needs one takes only that class.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CONFIG = SettingsConfigDict(env_prefix="LANDSURF_", extra="ignore")
 
 
-class CatalogSettings(BaseSettings):
-    """Everything the catalog needs to find its database, its store and its public face."""
+class HomeSettings(BaseSettings):
+    """Where the embedded default keeps its database, store and logs."""
 
-    model_config = SettingsConfigDict(env_prefix="LANDSURF_", extra="ignore")
+    model_config = CONFIG
 
     home: Path = Field(Path(".landsurf"), description="Working directory of the embedded default.")
+    log_level: str = "INFO"
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+
+class DatabaseSettings(HomeSettings):
+    """Which PostgreSQL, and the bounds on every connection and statement."""
+
     database_url: str | None = Field(
         None, description="An external PostgreSQL; when set, nothing embedded is started."
     )
@@ -22,34 +39,94 @@ class CatalogSettings(BaseSettings):
     pg_system_user: str = Field("landsurf-pg", description="System user that runs PostgreSQL when invoked as root.")
     pg_shared_buffers: str = "256MB"
 
-    public_url: str = Field("http://127.0.0.1:8000", description="Base of every public URL the API emits.")
-    host: str = "127.0.0.1"
-    port: int = 8000
-    store: Path | None = Field(None, description="Asset store root (default: $LANDSURF_HOME/store).")
-
-    statement_timeout_ms: int = Field(10_000, description="Bound on every SQL statement.")
-    connect_timeout_s: float = Field(5.0, description="Bound on opening a database connection.")
-    pool_timeout_s: float = Field(5.0, description="Bound on waiting for a pooled connection.")
-    db_min_conn: int = 1
-    db_max_conn: int = 8
-
-    api_hydrate: bool = Field(True, description="Merge items with their collection base in Python, not in SQL.")
-    api_read_only: bool = Field(True, description="Searches do not record themselves in pgSTAC (no write per read).")
-    log_level: str = "INFO"
-
-    @field_validator("public_url")
-    @classmethod
-    def _strip_slash(cls, v: str) -> str:
-        return v.rstrip("/")
+    statement_timeout_ms: int = Field(10_000, ge=100, description="Bound on every SQL statement.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Bound on opening a database connection.")
+    pool_timeout_s: float = Field(5.0, gt=0, description="Bound on waiting for a pooled connection.")
+    db_min_conn: int = Field(1, ge=0)
+    db_max_conn: int = Field(8, ge=1)
 
     @property
-    def home_dir(self) -> Path:
-        return self.home.expanduser().resolve()
+    def embedded(self) -> bool:
+        return not self.database_url
+
+
+class StoreSettings(HomeSettings):
+    """Where published files live."""
+
+    store: Path | None = Field(None, description="Asset store root (default: $LANDSURF_HOME/store).")
+    remote_asset_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="URL prefixes of assets outside the store that the tiler may read "
+                                          "(comma-separated, e.g. https://bucket.example.org/); none by default.")
+
+    @field_validator("remote_asset_prefixes", mode="before")
+    @classmethod
+    def _split_prefixes(cls, v: object) -> object:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
 
     @property
     def store_dir(self) -> Path:
         return (self.store or self.home_dir / "store").expanduser().resolve()
 
+
+class HttpSettings(BaseSettings):
+    """The public face of the API: its URL, whom it trusts, and the bound on everything a client may ask."""
+
+    model_config = CONFIG
+
+    public_url: str | None = Field(
+        None, description="Base of every URL the API emits, path prefix included (https://host/landsurf). "
+                          "Unset: http://{host}:{port} of `landsurf serve`.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Addresses (or networks) whose Forwarded / X-Forwarded-* headers are "
+                                          "honoured; nobody by default.")
+    metrics_scrape_addresses: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Addresses (or networks) that may read /metrics without a token; "
+                                          "everyone else needs an operator token.")
+    api_hydrate: bool = Field(True, description="Merge items with their collection base in Python, not in SQL.")
+
+    # every size-like input is bounded (docs/operations.md, "Limits")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body.")
+    max_url_bytes: int = Field(16 << 10, ge=1024, description="Longest path + query string.")
+    max_image_side: int = Field(2048, ge=64, description="Largest width, height or max_size of an image.")
+    max_tile_size: int = Field(1024, ge=256, description="Largest tile (tilesize × @scale).")
+    max_image_pixels: int = Field(2048 * 2048 * 4, description="Largest width × height × assets of one image.")
+    max_assets: int = Field(16, ge=1, description="Most assets (or expressions) in one tiler request.")
+    max_limit: int = Field(1000, ge=1, description="Largest page of a search or item list.")
+    max_ids: int = Field(1000, ge=1, description="Most ids (or collections) in one search.")
+    max_filter_bytes: int = Field(16 << 10, description="Longest CQL2 filter, query, intersects or expression.")
+    max_filter_depth: int = Field(20, ge=2, description="Deepest nesting of a CQL2 filter.")
+    max_concurrent_renders: int = Field(4, ge=1, description="Images rendered at once per process.")
+    render_queue_s: float = Field(10.0, gt=0, description="Wait for a render slot before answering 503.")
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    @field_validator("trusted_proxies", "metrics_scrape_addresses", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    @field_validator("trusted_proxies", "metrics_scrape_addresses")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an address or network") from exc
+        return v
+
     @property
-    def embedded(self) -> bool:
-        return not self.database_url
+    def base_url(self) -> str:
+        """The public URL in force: the configured one, or that of the listening socket."""
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+class CatalogSettings(DatabaseSettings, StoreSettings, HttpSettings):
+    """All of the catalog's settings, for the app factory and the CLI."""
+
+    model_config = CONFIG

@@ -1,38 +1,61 @@
 """The tiler: titiler-pgstac's factories assembled into a sub-application mounted at /raster.
 
 Built here rather than imported from `titiler.pgstac.main` so that nothing is constructed at
-import time, settings come from one place, and the readers resolve our own public asset URLs to
-store paths (the tiler never fetches through HTTP from its own process).
+import time, settings come from one place, and the readers read assets straight from the store
+(the tiler never fetches over HTTP from its own process, nor from any host not allowed).
+
+Reads never write: the tiler's pool runs with `pgstac.readonly`, so no item, tile or mosaic request
+adds a row to `pgstac.searches`. Registering a mosaic search is a write (an admin token, like any
+write), done on a separate pool; the plain mosaic of each collection is registered by
+`landsurf db migrate` (`register_collection_mosaics`), and the list of stored searches is an
+operator view.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from threading import Lock
+from typing import Annotated, Any
 
-# titiler-pgstac retries item look-ups on OperationalError, which includes a cancelled statement:
-# with retries a stalled database costs (retries + 1) × the statement timeout. One attempt keeps
-# every request bounded by one timeout. Read once, at import of titiler.pgstac.dependencies.
+# titiler-pgstac retries look-ups on OperationalError, which includes a cancelled statement: with
+# retries a stalled database costs (retries + 1) × the statement timeout. One attempt keeps every
+# request bounded by one timeout. The library reads this once, when titiler.pgstac is imported.
 os.environ.setdefault("TITILER_PGSTAC_API_RETRY", "0")
 
 import jinja2  # noqa: E402
-from fastapi import FastAPI, status
-from pydantic import ValidationError
-from starlette.templating import Jinja2Templates
-from starlette.types import ASGIApp, Receive, Scope, Send
-from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers
-from titiler.core.factory import AlgorithmFactory, ColorMapFactory, MultiBaseTilerFactory, TMSFactory
-from titiler.core.middleware import CacheControlMiddleware
-from titiler.extensions import stacRenderExtension, wmtsExtension
-from titiler.mosaic.errors import MOSAIC_STATUS_CODES
-from titiler.mosaic.extensions.wmts import wmtsExtension as wmtsExtensionMosaic
-from titiler.pgstac.dependencies import CollectionIdParams, ItemIdParams, SearchIdParams
-from titiler.pgstac.errors import PGSTAC_STATUS_CODES
-from titiler.pgstac.extensions import searchInfoExtension
-from titiler.pgstac.factory import MosaicTilerFactory, add_search_list_route, add_search_register_route
-from titiler.pgstac.reader import PgSTACReader, SimpleSTACReader
+import pystac  # noqa: E402
+from cachetools import TTLCache  # noqa: E402
+from fastapi import Depends, FastAPI, Path, Query, Request, status  # noqa: E402
+from psycopg.rows import dict_row  # noqa: E402
+from psycopg_pool import ConnectionPool  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+from starlette.routing import NoMatchFound  # noqa: E402
+from starlette.templating import Jinja2Templates  # noqa: E402
+from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
+from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers  # noqa: E402
+from titiler.core.factory import AlgorithmFactory, ColorMapFactory, MultiBaseTilerFactory, TMSFactory  # noqa: E402
+from titiler.core.middleware import CacheControlMiddleware  # noqa: E402
+from titiler.extensions import stacRenderExtension, wmtsExtension  # noqa: E402
+from titiler.mosaic.errors import MOSAIC_STATUS_CODES  # noqa: E402
+from titiler.mosaic.extensions.wmts import wmtsExtension as wmtsExtensionMosaic  # noqa: E402
+from titiler.pgstac import model  # noqa: E402
+from titiler.pgstac.dependencies import (  # noqa: E402
+    CollectionIdParams, SearchIdParams, SearchParams, get_collection_id, register_search_in_db)
+from titiler.pgstac.errors import PGSTAC_STATUS_CODES  # noqa: E402
+from titiler.pgstac.extensions import searchInfoExtension  # noqa: E402
+from titiler.pgstac.factory import MosaicTilerFactory  # noqa: E402
+from titiler.pgstac.reader import PgSTACReader, SimpleSTACReader  # noqa: E402
 
-from catalog.store import AssetStore
+from catalog.auth import require_role  # noqa: E402
+from catalog.errors import NotFound  # noqa: E402
+from catalog.settings import CatalogSettings  # noqa: E402
+from catalog.store import AssetStore  # noqa: E402
+
+# GDAL configuration of every read, given per request (titiler's environment dependency), not
+# written into the process environment.
+GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": "256", "VSI_CACHE": "TRUE",
+            "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES", "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff"}
+ITEM_CACHE_S = 60
 
 TEMPLATES = Jinja2Templates(
     env=jinja2.Environment(
@@ -59,12 +82,11 @@ class MountedRootPath:
 
 
 def _store_readers(store: AssetStore) -> tuple[type, type]:
-    """Reader classes that read our own public hrefs straight from the store."""
+    """Reader classes that read assets straight from the store (published files only), never over HTTP
+    from their own process, and refuse any other href unless an operator allowed its remote prefix."""
 
     def _map(info: Any) -> Any:
-        local = store.local_for_href(info["url"])
-        if local:
-            info["url"] = local
+        info["url"] = store.readable(info["url"])
         return info
 
     class StoreItemReader(PgSTACReader):
@@ -78,14 +100,104 @@ def _store_readers(store: AssetStore) -> tuple[type, type]:
     return StoreItemReader, StoreMosaicReader
 
 
-def create_tiler_app(store: AssetStore, error_map: dict[type[Exception], int]) -> FastAPI:
+def _item_dependency():
+    """The item of a tile request: one bounded look-up on the read-only pool, cached a minute."""
+    cache: TTLCache = TTLCache(maxsize=1024, ttl=ITEM_CACHE_S)
+    lock = Lock()
+
+    def item_params(request: Request,
+                    collection_id: Annotated[str, Path(description="STAC Collection Identifier")],
+                    item_id: Annotated[str, Path(description="STAC Item Identifier")]) -> pystac.Item:
+        if "\x00" in collection_id + item_id or len(collection_id) > 256 or len(item_id) > 256:
+            raise NotFound("no such item", "use the collection and item ids of a search result")
+        key = (collection_id, item_id)
+        with lock:
+            found = cache.get(key)
+        if found is None:
+            with request.app.state.dbpool.connection() as conn:
+                found = conn.execute("SELECT pgstac.get_item(%s, %s)", (item_id, collection_id)).fetchone()[0]
+            if found is None:
+                raise NotFound(f"no item {item_id!r} in collection {collection_id!r}",
+                               "use the collection and item ids of a search result")
+            with lock:
+                cache[key] = found
+        return pystac.Item.from_dict(found, preserve_dict=True)
+
+    return item_params
+
+
+def RegisteredCollectionParams(request: Request, search_id: str = Depends(CollectionIdParams)) -> str:
+    """A collection mosaic that exists: titiler-pgstac names it by hashing the request (on the read-only
+    pool that hash is computed, never stored); only mosaics registered beforehand can be drawn."""
+    with request.app.state.dbpool.connection() as conn:
+        row = conn.execute("SELECT 1 FROM pgstac.searches WHERE hash = %s", (search_id,)).fetchone()
+    if row is None:
+        raise NotFound("this collection mosaic is not registered (the plain mosaic of each collection is; "
+                       "filtered ones are registered searches)",
+                       "draw /raster/searches/{id}/… of a registered search, or ask an admin to register one "
+                       "with POST /raster/searches/register")
+    return search_id
+
+
+def register_collection_mosaics(pool: ConnectionPool, collection_ids: list[str]) -> list[str]:
+    """Store the plain mosaic of each collection (what /raster/collections/{id}/… draws without filters),
+    with the hash titiler-pgstac computes for it. Idempotent; run by `landsurf db migrate`."""
+    register = getattr(get_collection_id, "__wrapped__", get_collection_id)
+    return [register(pool, cid) for cid in collection_ids]
+
+
+def _register_route(app: FastAPI, searches: MosaicTilerFactory) -> None:
+    @app.post("/searches/register", response_model=model.RegisterResponse, response_model_exclude_none=True,
+              tags=["Mosaic of a registered search"], operation_id="searches.Register",
+              responses={200: {"description": "Register a mosaic (a pgSTAC search); needs an admin token."}})
+    def register_search(request: Request, search_query=Depends(SearchParams)) -> model.RegisterResponse:
+        """Register a search as a mosaic (admin token: a write, like every write)."""
+        search, metadata = search_query
+        with request.app.state.writepool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            info = register_search_in_db(cursor, search, metadata)
+        base = str(request.base_url)
+        links = []
+        for rel, name, extra in (("metadata", "info", {}),
+                                 ("tilejson", "tilejson", {"tileMatrixSetId": "{tileMatrixSetId}"}),
+                                 ("wmts", "wmts", {})):
+            try:
+                href = str(app.url_path_for(name, search_id=info.id, **extra).make_absolute_url(base_url=base))
+            except NoMatchFound:
+                continue
+            links.append(model.Link(rel=rel, href=href, templated=bool(extra) or None))
+        return model.RegisterResponse(id=info.id, links=links)
+
+    @app.get("/searches/list", response_model=model.Infos, response_model_exclude_none=True,
+             tags=["Mosaic of a registered search"], operation_id="searches.List",
+             dependencies=[Depends(require_role("operator"))])
+    def list_searches(request: Request,
+                      limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+                      offset: Annotated[int, Query(ge=0, le=1_000_000, description="Page start.")] = 0,
+                      ) -> model.Infos:
+        """Stored mosaics (operator token): who registered what is not public."""
+        with request.app.state.dbpool.connection() as conn:
+            total = conn.execute("SELECT count(*) FROM pgstac.searches").fetchone()[0]
+            rows = conn.execute(
+                "SELECT hash, search, _where, orderby, lastused, usecount, metadata FROM pgstac.searches "
+                "ORDER BY lastused DESC, hash LIMIT %s OFFSET %s", (limit, offset)).fetchall()
+        searches_out = []
+        for h, search, where, orderby, lastused, usecount, metadata in rows:
+            info = model.Search.model_validate({"hash": h, "search": search, "_where": where, "orderby": orderby,
+                                                "lastused": lastused, "usecount": usecount,
+                                                "metadata": metadata or {}})
+            searches_out.append(model.Info(search=info, links=[]))
+        return model.Infos(searches=searches_out, links=[],
+                           context=model.Context(returned=len(searches_out), limit=limit, matched=total))
+
+
+def create_tiler_app(store: AssetStore, settings: CatalogSettings) -> FastAPI:
     """The /raster sub-application: item tiles, search and collection mosaics, TMS, colormaps."""
     item_reader, mosaic_reader = _store_readers(store)
     app = FastAPI(title="landsurf tiles", openapi_url="/api", docs_url="/api.html")
     add_exception_handlers(
         app,
         {**DEFAULT_STATUS_CODES, **MOSAIC_STATUS_CODES, **PGSTAC_STATUS_CODES,
-         ValidationError: status.HTTP_422_UNPROCESSABLE_CONTENT, **error_map},
+         ValidationError: status.HTTP_422_UNPROCESSABLE_CONTENT},
     )
     app.add_middleware(
         CacheControlMiddleware,
@@ -93,31 +205,29 @@ def create_tiler_app(store: AssetStore, error_map: dict[type[Exception], int]) -
         exclude_path={r"/healthz", r"/searches(/)?$", r"/searches/list$"},
     )
 
+    def gdal_env() -> dict:
+        return GDAL_ENV
+
     mosaic_kwargs = dict(
         dataset_reader=mosaic_reader, add_statistics=True, add_viewer=True, add_part=True,
         extensions=[searchInfoExtension(), wmtsExtensionMosaic()], templates=TEMPLATES,
+        environment_dependency=gdal_env,
     )
     searches = MosaicTilerFactory(path_dependency=SearchIdParams, router_prefix="/searches/{search_id}",
                                   **mosaic_kwargs)
+    # /register and /list first: /searches/{search_id} would otherwise take "register" and "list" as ids
+    _register_route(app, searches)
     app.include_router(searches.router, tags=["Mosaic of a registered search"], prefix="/searches/{search_id}")
-    add_search_list_route(app, prefix="/searches", tags=["Mosaic of a registered search"])
-    add_search_register_route(
-        app, prefix="/searches", tags=["Mosaic of a registered search"],
-        tile_dependencies=[
-            searches.layer_dependency, searches.dataset_dependency, searches.pixel_selection_dependency,
-            searches.process_dependency, searches.render_dependency, searches.assets_accessor_dependency,
-            searches.reader_dependency, searches.backend_dependency,
-        ],
-    )
 
-    collection = MosaicTilerFactory(path_dependency=CollectionIdParams,
+    collection = MosaicTilerFactory(path_dependency=RegisteredCollectionParams,
                                     router_prefix="/collections/{collection_id}", **mosaic_kwargs)
     app.include_router(collection.router, tags=["Mosaic of a collection"], prefix="/collections/{collection_id}")
 
     item = MultiBaseTilerFactory(
-        reader=item_reader, path_dependency=ItemIdParams,
+        reader=item_reader, path_dependency=_item_dependency(),
         router_prefix="/collections/{collection_id}/items/{item_id}", add_viewer=True,
         extensions=[wmtsExtension(), stacRenderExtension()], templates=TEMPLATES,
+        environment_dependency=gdal_env,
     )
     app.include_router(item.router, tags=["Item"], prefix="/collections/{collection_id}/items/{item_id}")
 
@@ -132,4 +242,16 @@ def create_tiler_app(store: AssetStore, error_map: dict[type[Exception], int]) -
             conn.execute("SELECT 1")
         return {"status": "ok"}
 
+    app.state.landsurf_settings = settings
     return app
+
+
+def connect_pool(url: str, settings: CatalogSettings) -> ConnectionPool:
+    """A small writable pool for `register_collection_mosaics` from the CLI."""
+    return ConnectionPool(conninfo=url, min_size=1, max_size=1, timeout=settings.pool_timeout_s, open=True,
+                          kwargs={"options": f"-c search_path=pgstac,public "
+                                             f"-c statement_timeout={settings.statement_timeout_ms}",
+                                  "connect_timeout": max(1, int(settings.connect_timeout_s)),
+                                  "autocommit": True})
+
+

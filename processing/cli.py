@@ -207,32 +207,40 @@ def worker(once: bool = typer.Option(False, "--once", help="Stop when the queue 
 
 @app.command("sample")
 def sample(count: int = typer.Option(6, min=1, max=50), size: int = typer.Option(512, min=64, max=4096)) -> None:
-    """Write a few small real COGs on tile T31TCH and publish their items."""
-    from catalog.collections import ensure_collections
-    from catalog.database import session
-    from catalog.publish import upsert_items
-    from catalog.sample import write_sample
+    """Generate a few small synthetic L2A deliveries of tile T31TCH and publish them through the pipeline."""
+    from processing.demo import publish_series
 
     settings = _settings()
-    with session(settings, "admin") as conn:
-        ensure_collections(conn)
-    items = write_sample(settings, count, size)
-    upsert_items(settings, items)
-    out.print(f"{len(items)} sample items published in sentinel2-l2a (store {settings.store_dir})")
+    for done in publish_series(settings, count=count, size=size, work=settings.home_dir / "sample-deliveries"):
+        out.print(f"{done.product_id}: {done.status}" + (f" ({done.reason})" if done.reason else ""))
+    out.print(f"store: {settings.store_dir}")
 
 
 @app.command("serve")
-def serve(host: Optional[str] = None, port: Optional[int] = None, workers: int = 1) -> None:
+def serve(host: Optional[str] = typer.Option(None, help="Address to listen on [LANDSURF_HOST]."),
+          port: Optional[int] = typer.Option(None, help="Port to listen on [LANDSURF_PORT]."),
+          workers: int = typer.Option(1, min=1, help="Worker processes (one per core serves files fastest).")) -> None:
     """Serve the API (STAC, tiles, downloads, /health, /metrics)."""
     import uvicorn
 
     settings = _settings()
-    host = host or settings.host
-    port = port or settings.port
-    os.environ["LANDSURF_HOST"], os.environ["LANDSURF_PORT"] = host, str(port)
-    out.print(f"landsurf API on {settings.public_url}/  (OpenAPI docs: {settings.public_url}/api.html)")
-    uvicorn.run("catalog.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False)
+    settings = settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
+    if settings.public_url:
+        out.print(f"public URL {settings.public_url} (LANDSURF_PUBLIC_URL)")
+    else:
+        out.print(f"public URL {settings.base_url} (derived from --host/--port; set LANDSURF_PUBLIC_URL "
+                  "when the API is reached through another address, a proxy or a path prefix)")
+    out.print(f"landsurf API on {settings.base_url}/  (OpenAPI docs: {settings.base_url}/api.html)")
+    # forwarded headers are judged by the app (LANDSURF_TRUSTED_PROXIES), never by the server
+    options = dict(host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                   proxy_headers=False, server_header=False)
+    if workers == 1:
+        from catalog.app import create_app
+
+        uvicorn.run(create_app(settings), **options)
+    else:  # worker processes import the factory: they read the same settings from the environment
+        os.environ["LANDSURF_HOST"], os.environ["LANDSURF_PORT"] = settings.host, str(settings.port)
+        uvicorn.run("catalog.app:create_app", factory=True, workers=workers, **options)
 
 
 @app.command("demo")
@@ -240,32 +248,18 @@ def demo(port: Optional[int] = None,
          products: int = typer.Option(6, min=0, max=50, help="Synthetic deliveries to generate and ingest.")) -> None:
     """The whole box on the embedded default: database, synthetic deliveries through the ingest pipeline,
     the API; prints the URL."""
-    from datetime import date, timedelta
-    from pathlib import Path
-
-    from ingest.generate import iter_series
-    from ingest.inbox import take
-    from ingest.pipeline import process
-    from ingest.settings import IngestSettings
+    from processing.demo import publish_series
 
     settings = _settings()
-    if port and "LANDSURF_PUBLIC_URL" not in os.environ:
-        os.environ["LANDSURF_PUBLIC_URL"] = f"http://{settings.host}:{port}"
-        settings = _settings()
     db_start()
-    ingest_settings = IngestSettings()
-    demo_dir = settings.home_dir / "demo-deliveries"
-    start = date(2024, 3, 1)
-    for made in iter_series(demo_dir, "31TCH", start, start + timedelta(days=5 * max(products - 1, 0)), 5,
-                            size=1098, truth_dir=demo_dir / "truth") if products else []:
-        outcome = process(settings, ingest_settings, take(settings, ingest_settings, Path(made.path)).receipt_id)
-        out.print(f"{made.product_id}: {outcome.status}")
+    for done in publish_series(settings, count=products, size=1098):
+        out.print(f"{done.product_id}: {done.status}" + (f" ({done.reason})" if done.reason else ""))
     serve(host=None, port=port, workers=1)
 
 
 @token_app.command("create")
 def token_create(name: str = typer.Option(..., help="Who or what uses it."),
-                 role: str = typer.Option("admin", help="admin | ingest | read")) -> None:
+                 role: str = typer.Option("admin", help="admin (writes + operator views) | operator (operator views)")) -> None:
     """Create a bearer token (printed once; only its hash is stored)."""
     from catalog.auth import create_token
     from catalog.database import session

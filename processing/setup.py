@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 from catalog.collections import ensure_collections
-from catalog.database import migrate, session
+from catalog.database import migrate, resolve_urls, session
 from catalog.settings import CatalogSettings
 from processing.queue import ensure_schema
 
 
 def prepare_database(settings: CatalogSettings) -> tuple[str, list[str]]:
-    """pgSTAC and landsurf's own schema, the collections and their queryables, the job queue.
+    """pgSTAC and landsurf's own schema, the collections and their queryables, the plain mosaic of each
+    collection (the tiler's pool is read-only: it draws only registered mosaics), the job queue.
 
     Returns the pgSTAC version and the collection ids. Safe to run on every start.
     """
     version = migrate(settings)
     with session(settings, "admin") as conn:
         ids = ensure_collections(conn)
+    from catalog.tiles import connect_pool, register_collection_mosaics
+
+    pool = connect_pool(resolve_urls(settings).admin, settings)
+    try:
+        register_collection_mosaics(pool, ids)
+    finally:
+        pool.close()
     ensure_schema(settings)
     return version, ids

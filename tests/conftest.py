@@ -1,8 +1,9 @@
 """Session fixtures: one real embedded PostgreSQL + pgSTAC, one real API on a loopback port.
 
 Nothing is mocked: the cluster is initdb'd into a temporary home (as a dedicated system user
-when the tests run as root), the sample COGs are written and published, and the API runs in
-its own uvicorn process exactly as `landsurf serve` runs it.
+when the tests run as root), synthetic MUSCATE deliveries are generated and published by the
+real ingest pipeline (the one product path: the API tests read what the pipeline wrote), and the
+API runs in its own uvicorn process exactly as `landsurf serve` runs it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from catalog.collections import S2_L2A
 from catalog.database import session
 from catalog.embedded import EmbeddedCluster
-from catalog.publish import upsert_items
-from catalog.sample import write_sample
 from catalog.settings import CatalogSettings
 from processing.setup import prepare_database
 
@@ -48,8 +48,9 @@ def settings_for(home: Path, **extra) -> CatalogSettings:
 
 def env_for(settings: CatalogSettings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LANDSURF_")}
-    env |= {"LANDSURF_HOME": str(settings.home), "LANDSURF_PUBLIC_URL": settings.public_url,
-            "LANDSURF_STATEMENT_TIMEOUT_MS": str(settings.statement_timeout_ms)}
+    env |= {"LANDSURF_HOME": str(settings.home), "LANDSURF_STATEMENT_TIMEOUT_MS": str(settings.statement_timeout_ms)}
+    if settings.public_url:
+        env["LANDSURF_PUBLIC_URL"] = settings.public_url
     if settings.database_url:
         env["LANDSURF_DATABASE_URL"] = settings.database_url
     return env | extra
@@ -107,21 +108,53 @@ def catalog_settings() -> CatalogSettings:
     prepare_database(settings)
     yield settings
     cluster.stop()
-    shutil.rmtree(home, ignore_errors=True)
+    if not os.environ.get("LANDSURF_TEST_KEEP"):  # keep the home (logs, store) to debug a failure
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# Six synthetic L2A deliveries of tile 31TCH, 5 days apart (SENTINEL2A/B alternating), 512 px a side.
+SERIES = dict(tile="31TCH", start="2024-06-03", end="2024-06-28", every_days=5, size=512, seed=1)
 
 
 @pytest.fixture(scope="session")
-def sample_items(catalog_settings: CatalogSettings) -> list[dict]:
-    items = write_sample(catalog_settings, n=6, size=512)
-    upsert_items(catalog_settings, items)
-    return items
+def published(catalog_settings: CatalogSettings, tmp_path_factory) -> list:
+    """The series generated as zips and ingested by the real pipeline (receipt → COGs → item → publication)."""
+    from datetime import date
+
+    from ingest.generate import iter_series
+    from ingest.inbox import take
+    from ingest.pipeline import process
+    from ingest.settings import IngestSettings
+
+    out = tmp_path_factory.mktemp("deliveries")
+    ingest_settings = IngestSettings()
+    products = []
+    for product in iter_series(out, SERIES["tile"], date.fromisoformat(SERIES["start"]),
+                               date.fromisoformat(SERIES["end"]), SERIES["every_days"], size=SERIES["size"],
+                               seed=SERIES["seed"], truth_dir=out / "truth"):
+        outcome = process(catalog_settings, ingest_settings,
+                          take(catalog_settings, ingest_settings, product.path).receipt_id)
+        assert outcome.status == "published", outcome
+        products.append(product)
+    return products
 
 
 @pytest.fixture(scope="session")
-def api(catalog_settings: CatalogSettings, sample_items: list[dict]) -> ApiServer:
+def api(catalog_settings: CatalogSettings, published: list) -> ApiServer:
     server = ApiServer(catalog_settings, catalog_settings.port).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def published_items(api: ApiServer, published: list) -> list[dict]:
+    """The published items as the API serves them (hrefs rendered), in acquisition order."""
+    items = []
+    for product in published:
+        r = httpx.get(f"{api.url}/collections/{S2_L2A}/items/{product.product_id}", timeout=10)
+        assert r.status_code == 200, r.text
+        items.append(r.json())
+    return items
 
 
 @pytest.fixture(scope="session")
@@ -133,8 +166,8 @@ def admin_token(catalog_settings: CatalogSettings) -> str:
 
 
 @pytest.fixture(scope="session")
-def read_token(catalog_settings: CatalogSettings) -> str:
+def operator_token(catalog_settings: CatalogSettings) -> str:
     from catalog.auth import create_token
 
     with session(catalog_settings) as conn:
-        return create_token(conn, "tests-read", "read")
+        return create_token(conn, "tests-operator", "operator")

@@ -5,7 +5,7 @@ CREATE SCHEMA IF NOT EXISTS landsurf;
 CREATE TABLE IF NOT EXISTS landsurf.api_tokens (
     token_sha256 text PRIMARY KEY,
     name         text NOT NULL,
-    role         text NOT NULL CHECK (role IN ('admin', 'ingest', 'read')),
+    role         text NOT NULL,
     created      timestamptz NOT NULL DEFAULT now(),
     revoked      timestamptz
 );

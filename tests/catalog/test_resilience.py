@@ -20,7 +20,7 @@ def _hold_lock(settings, table: str, seconds: float, ready: threading.Event) -> 
             time.sleep(seconds)
 
 
-def test_stalled_database_gives_503_quickly(api, catalog_settings, sample_items):
+def test_stalled_database_gives_503_quickly(api, catalog_settings, published_items):
     ready = threading.Event()
     holder = threading.Thread(target=_hold_lock, args=(catalog_settings, "pgstac.items", 12, ready), daemon=True)
     holder.start()
@@ -34,7 +34,7 @@ def test_stalled_database_gives_503_quickly(api, catalog_settings, sample_items)
     assert "retry" in r.json()["description"]
     assert elapsed < timeout_s + 5, f"503 after {elapsed:.1f}s; the statement timeout is {timeout_s}s"
 
-    item = sample_items[0]
+    item = published_items[0]
     start = time.monotonic()
     r = httpx.get(f"{api.url}/raster/collections/{S2_L2A}/items/{item['id']}/info?assets=FRE_B4", timeout=60)
     assert r.status_code == 503, r.text

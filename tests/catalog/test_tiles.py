@@ -27,7 +27,7 @@ def _decode_png(content: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def tile_of(sample_items):
+def tile_of(published_items):
     def tile(item: dict, z: int = 14) -> str:
         t = TMS.tile(*_centre(item), z)
         return f"{t.z}/{t.x}/{t.y}"
@@ -35,8 +35,8 @@ def tile_of(sample_items):
     return tile
 
 
-def test_item_tile_png_has_the_scene(api, sample_items, tile_of):
-    item = sample_items[0]
+def test_item_tile_png_has_the_scene(api, published_items, tile_of):
+    item = published_items[0]
     url = f"{api.url}/raster/collections/{S2_L2A}/items/{item['id']}/tiles/WebMercatorQuad/{tile_of(item)}.png?{RGB}"
     r = httpx.get(url, timeout=30)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
@@ -49,8 +49,8 @@ def test_item_tile_png_has_the_scene(api, sample_items, tile_of):
     assert rgb.std() > 5
 
 
-def test_tile_outside_the_scene_is_not_an_error(api, sample_items):
-    item = sample_items[0]
+def test_tile_outside_the_scene_is_not_an_error(api, published_items):
+    item = published_items[0]
     t = TMS.tile(-60.0, -30.0, 14)
     r = httpx.get(f"{api.url}/raster/collections/{S2_L2A}/items/{item['id']}/tiles/WebMercatorQuad/"
                   f"{t.z}/{t.x}/{t.y}.png?{RGB}", timeout=30)
@@ -58,16 +58,19 @@ def test_tile_outside_the_scene_is_not_an_error(api, sample_items):
     assert "outside bounds" in r.json()["detail"]
 
 
-def test_registered_search_mosaic(api, sample_items, tile_of):
+def test_registered_search_mosaic(api, published_items, tile_of, admin_token, operator_token):
     body = {"collections": [S2_L2A], "filter-lang": "cql2-json",
             "filter": {"op": "<", "args": [{"property": "eo:cloud_cover"}, 20]},
             "sortby": [{"field": "eo:cloud_cover", "direction": "asc"}], "metadata": {"name": "clear"}}
     r = httpx.post(f"{api.url}/raster/searches/register", json=body, timeout=30)
+    assert r.status_code == 401, "registering a mosaic is a write"
+    r = httpx.post(f"{api.url}/raster/searches/register", json=body, timeout=30,
+                   headers={"Authorization": f"Bearer {admin_token}"})
     assert r.status_code == 200, r.text
     reg = r.json()
     links = {link["rel"]: link["href"] for link in reg["links"]}
     assert links["tilejson"].startswith(f"{api.url}/raster/searches/{reg['id']}/")
-    tile = tile_of(sample_items[0])
+    tile = tile_of(published_items[0])
     r = httpx.get(f"{api.url}/raster/searches/{reg['id']}/tiles/WebMercatorQuad/{tile}.png?{RGB}", timeout=30)
     assert r.status_code == 200, r.text
     rgb, alpha = _decode_png(r.content)
@@ -79,11 +82,15 @@ def test_registered_search_mosaic(api, sample_items, tile_of):
     # the mosaic lists only the clear products under that tile
     assets = httpx.get(f"{api.url}/raster/searches/{reg['id']}/tiles/WebMercatorQuad/{tile}/assets").json()
     ids = {a["id"] for a in assets}
-    assert ids and ids <= {i["id"] for i in sample_items if i["properties"]["eo:cloud_cover"] < 20}
+    assert ids and ids <= {i["id"] for i in published_items if i["properties"]["eo:cloud_cover"] < 20}
+    # stored searches are an operator view
+    assert httpx.get(f"{api.url}/raster/searches/list").status_code == 401
+    listed = httpx.get(f"{api.url}/raster/searches/list", headers={"Authorization": f"Bearer {operator_token}"})
+    assert listed.status_code == 200 and reg["id"] in {s["search"]["id"] for s in listed.json()["searches"]}
 
 
-def test_collection_mosaic_preview_point_statistics(api, sample_items, tile_of):
-    item = sample_items[0]
+def test_collection_mosaic_preview_point_statistics(api, published_items, tile_of):
+    item = published_items[0]
     base = f"{api.url}/raster/collections/{S2_L2A}"
     r = httpx.get(f"{base}/tiles/WebMercatorQuad/{tile_of(item)}.png?{RGB}", timeout=30)
     assert r.status_code == 200
@@ -101,11 +108,11 @@ def test_collection_mosaic_preview_point_statistics(api, sample_items, tile_of):
     assert tj["tiles"][0].startswith(f"{base}/items/{item['id']}/tiles/")
 
 
-def test_tile_requests_are_measured_per_route_template(api, sample_items, tile_of):
-    item = sample_items[0]
+def test_tile_requests_are_measured_per_route_template(api, published_items, tile_of, operator_token):
+    item = published_items[0]
     httpx.get(f"{api.url}/raster/collections/{S2_L2A}/items/{item['id']}/tiles/WebMercatorQuad/"
               f"{tile_of(item)}.png?{RGB}", timeout=30)
-    text = httpx.get(api.url + "/metrics").text
+    text = httpx.get(api.url + "/metrics", headers={"Authorization": f"Bearer {operator_token}"}).text
     assert ('route="/raster/collections/{collection_id}/items/{item_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}"'
             in text), [ln for ln in text.splitlines() if "raster" in ln][:5]
     assert item["id"] not in text  # labels are templates, not ids

@@ -6,6 +6,10 @@ there, then streamed to the staging directory by Python while its SHA-256 is com
 without reading the file back, the next COG is encoded while the previous one is flushed, and a full disk is a
 plain `OSError` from `write()` (GDAL writing to disk itself may report ENOSPC/EFBIG only from a worker thread and
 still return a truncated file — seen with RLIMIT_FSIZE).
+
+Staged names are fixed by landsurf (`<ID>_<KEY>.tif`, `<ID>_QKL_ALL.jpg`, `<ID>_MTD_ALL.xml`), never taken from
+the delivery, and every staged file is created with `O_EXCL`: no file is ever written twice, so the bytes that
+were hashed are the bytes that are published. The quicklook is re-encoded (`ingest/quicklook.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import errno
 import hashlib
 import os
 import shutil
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -25,8 +30,13 @@ from rasterio.shutil import copy as gdal_copy
 from rio_cogeo.cogeo import cog_validate
 
 from catalog.collections import COG
-from ingest.errors import DeliveryError, InvalidDelivery, TransientIngestError
+from ingest.checksum import PREFIX, open_regular
+from ingest.errors import DeliveryError, IngestFailed, TransientIngestError
+from ingest.faults import raster_fault
 from ingest.model import CogFile, CogSet, L2AProduct, RasterFile
+from ingest.quicklook import encode_quicklook
+from ingest.settings import IngestSettings
+from ingest.unzip import check_space
 
 Compression = Literal["deflate", "zstd"]
 COMPRESSIONS: tuple[str, ...] = ("deflate", "zstd")
@@ -69,15 +79,30 @@ def source_path(raster: RasterFile) -> str:
     return f"vrt://{raster.path}?a_nodata={raster.nodata:g}"
 
 
+def staged_name(product: L2AProduct, key: str) -> str:
+    """The name a published file gets: from the product id (checked against the MTD) and the asset key only."""
+    if key == "thumbnail":
+        return f"{product.product_id}_QKL_ALL.jpg"
+    if key == "metadata":
+        return f"{product.product_id}_MTD_ALL.xml"
+    return f"{product.product_id}_{key}.tif"
+
+
 def write_cogs(product: L2AProduct, staging: Path, *, compress: Compression = "deflate",
-               threads: str = "ALL_CPUS") -> CogSet:
+               threads: str = "ALL_CPUS", settings: IngestSettings | None = None) -> CogSet:
     """One COG per band and mask of `product`, plus the quicklook and the MTD, in `staging` (flat).
 
-    On any failure the staging directory is removed; a full disk raises `TransientIngestError`.
+    On any failure the staging directory is removed; a full disk raises `TransientIngestError` (with `settings`,
+    before anything is written when the rasters would eat into the space kept free).
     """
     if compress not in COMPRESSIONS:
         raise ValueError(f"compress must be one of {COMPRESSIONS}, not {compress!r}")
     files: dict[str, CogFile] = {}
+    names = [staged_name(product, key) for key in [*product.rasters, "thumbnail", "metadata"]]
+    if len(set(names)) != len(names):
+        raise IngestFailed(f"two assets of {product.product_id} would share a file name", "report this as a bug")
+    if settings is not None:
+        check_space(f"the COGs of {product.product_id}", staging, _source_bytes(product.rasters.values()), settings)
     try:
         staging.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(1, thread_name_prefix="cog-flush") as flusher:
@@ -90,11 +115,12 @@ def write_cogs(product: L2AProduct, staging: Path, *, compress: Compression = "d
                 except BaseException:
                     mem.close()
                     raise
-                pending = flusher.submit(_flush, key, mem, staging / raster.path.name)
-            for key, src, media in (("thumbnail", product.quicklook, "image/jpeg"),
-                                    ("metadata", product.metadata_file, "application/xml")):
-                if src is not None:
-                    files[key] = _copy_hashed(key, src, staging / src.name, media)
+                pending = flusher.submit(_flush, key, mem, staging / staged_name(product, key))
+            if product.quicklook is not None:
+                files["thumbnail"] = _write_bytes("thumbnail", encode_quicklook(product.root, product.quicklook),
+                                                  staging / staged_name(product, "thumbnail"), "image/jpeg")
+            files["metadata"] = _copy_hashed("metadata", product.metadata_file,
+                                             staging / staged_name(product, "metadata"), "application/xml")
             if pending is not None:
                 _collect(files, pending)
     except OSError as exc:
@@ -106,6 +132,11 @@ def write_cogs(product: L2AProduct, staging: Path, *, compress: Compression = "d
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CogSet(staging=staging, files=files)
+
+
+def _source_bytes(rasters: Iterable[RasterFile]) -> int:
+    """What the COGs may take at most: their sources' size (compression only makes them smaller)."""
+    return sum(r.path.stat().st_size for r in rasters)
 
 
 def _disk_full(staging: Path) -> TransientIngestError:
@@ -134,8 +165,8 @@ def _encode(product: L2AProduct, raster: RasterFile, compress: Compression, thre
             raise TransientIngestError(f"out of memory while writing the COG of {raster.key} ({exc})",
                                        "lower the number of workers on this machine; the job is retried") from exc
         rel = raster.path.relative_to(product.root).as_posix()
-        raise InvalidDelivery(product.root, f"cannot read {rel}: {exc}",
-                              "ask the producer to deliver the product again") from exc
+        raise raster_fault(product.root, raster.path, f"cannot read {rel}: {exc}",
+                           "ask the producer to deliver the product again") from exc
     except BaseException:
         mem.close()
         raise
@@ -152,7 +183,7 @@ def _flush(key: str, mem: MemoryFile, dst: Path) -> CogFile:
     try:
         buf = mem.getbuffer()
         size = len(buf)
-        with dst.open("wb") as out:
+        with dst.open("xb") as out:  # never a second write to a staged file
             for start in range(0, size, CHUNK):
                 digest.update(buf[start:start + CHUNK])
                 out.write(buf[start:start + CHUNK])
@@ -161,26 +192,26 @@ def _flush(key: str, mem: MemoryFile, dst: Path) -> CogFile:
         del buf
     finally:
         mem.close()
-    return CogFile(key=key, path=dst, size=size, checksum="1220" + digest.hexdigest(), media_type=COG)
+    return CogFile(key=key, path=dst, size=size, checksum=PREFIX + digest.hexdigest(), media_type=COG)
 
 
 def _copy_hashed(key: str, src: Path, dst: Path, media_type: str) -> CogFile:
     digest = hashlib.sha256()
     size = 0
-    with src.open("rb") as fin, dst.open("wb") as out:
+    with open(open_regular(src), "rb") as fin, dst.open("xb") as out:
         while chunk := fin.read(CHUNK):
             digest.update(chunk)
             out.write(chunk)
             size += len(chunk)
         out.flush()
         os.fsync(out.fileno())
-    return CogFile(key=key, path=dst, size=size, checksum="1220" + digest.hexdigest(), media_type=media_type)
+    return CogFile(key=key, path=dst, size=size, checksum=PREFIX + digest.hexdigest(), media_type=media_type)
 
 
-def multihash(path: Path) -> str:
-    """`file:checksum` of a file on disk (sha2-256 multihash), for checks and tests."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return "1220" + digest.hexdigest()
+def _write_bytes(key: str, data: bytes, dst: Path, media_type: str) -> CogFile:
+    with dst.open("xb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    return CogFile(key=key, path=dst, size=len(data), checksum=PREFIX + hashlib.sha256(data).hexdigest(),
+                   media_type=media_type)

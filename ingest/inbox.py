@@ -1,16 +1,23 @@
-"""The inbox: when is a delivery complete, and taking it without losing it.
+"""The inbox: when is a delivery complete, and taking it without losing it — whatever lies in the inbox.
 
 Completeness rule (docs/operations.md):
-- a zip is complete when its size and modification time have not changed for `stable_seconds`;
-- a folder is complete when a marker file `<folder>.done` sits beside it, or when its whole tree
-  (names, sizes, modification times) has not changed for `stable_seconds`;
-- names starting with `.` or ending in `.part`, `.tmp`, `.done` are never deliveries (uploads in
-  progress and markers);
-- any other file is a delivery too, and will be quarantined as "not a zip".
+- names starting with `.` or ending in `.part`, `.tmp`, `.done` are never deliveries (uploads in progress and
+  markers): these conventions take precedence over everything below;
+- a folder is complete when a marker file `<folder>.done` sits beside it, or when its whole tree (names, sizes,
+  modification times) has not changed for `stable_seconds`;
+- a zip (any regular file) is complete when its size and modification time have not changed for `stable_seconds`;
+- symbolic links (dangling or not), FIFOs, sockets and devices are refused at once, without being opened or
+  followed: a receipt says so and the entry is moved to quarantine, so it is seen once.
 
-Taking a delivery: its checksum is computed in place, a receipt row is written, then it is renamed
-into `work/` (same filesystem, atomic); a crash between the two leaves a receipt pointing at the
-inbox, which the next scan resumes.
+Entries that vanish between listing and taking are forgotten; an entry that cannot be read is skipped and
+reported (the watcher's state), and the scan goes on: one bad entry never blocks the inbox.
+
+Taking a delivery: its checksum is computed in place, then under the delivery lock (its checksum, in the
+database) a receipt row is written and the delivery renamed into `work/<receipt>/<name>` (same filesystem,
+atomic). Two processes seeing one delivery write one receipt: the second finds it gone. A crash between the
+receipt and the rename leaves a receipt pointing at the inbox, which the next scan (or the queue's sweep) takes
+up again. A one-shot `landsurf ingest PATH` copies instead of renaming, so the caller's files are never
+consumed; a second one-shot of the same bytes while the first is still open joins its receipt.
 """
 
 from __future__ import annotations
@@ -18,65 +25,97 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+from catalog.errors import DatabaseError
+from catalog.logging import get_logger
 from catalog.settings import CatalogSettings
 from ingest import receipts
+from ingest.checksum import PREFIX, kind_of, multihash
+from ingest.errors import TransientIngestError
 from ingest.model import Delivery
 from ingest.settings import IngestSettings
+from ingest.tree import Tree, scan_tree
+from ingest.unzip import human_bytes
+
+log = get_logger(__name__)
 
 IGNORED_SUFFIXES = (".part", ".tmp", ".done", ".reason.json")
 
 
-def _is_candidate(path: Path) -> bool:
-    return not path.name.startswith(".") and not path.name.endswith(IGNORED_SUFFIXES)
-
-
-def _signature(path: Path) -> tuple:
-    """What must stay unchanged for a delivery to be complete."""
-    if path.is_dir():
-        entries = []
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                st = os.stat(os.path.join(root, name))
-                entries.append((os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns))
-        return tuple(entries)
-    st = path.stat()
-    return (st.st_size, st.st_mtime_ns)
+def is_candidate(name: str) -> bool:
+    return not name.startswith(".") and not name.endswith(IGNORED_SUFFIXES)
 
 
 def checksum(path: Path) -> tuple[str, int]:
     """Multihash sha2-256 of a file, or of a folder's sorted (relative path, file sha256) list; and the size."""
-    if path.is_dir():
-        outer, size = hashlib.sha256(), 0
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                full = Path(root, name)
-                outer.update(str(full.relative_to(path)).encode() + b"\0" + _file_sha256(full).encode())
-                size += full.stat().st_size
-        return "1220" + outer.hexdigest(), size
-    return "1220" + _file_sha256(path), path.stat().st_size
+    if stat.S_ISDIR(os.lstat(path).st_mode):
+        tree = scan_tree(path)
+        return tree.content_checksum(), tree.size
+    return multihash(path), os.lstat(path).st_size
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(4 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+def signature(path: Path, st: os.stat_result | None = None, max_entries: int | None = None) -> str:
+    """What must stay unchanged for a delivery to be complete (and is compared again before a quarantine)."""
+    st = st or os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        tree = scan_tree(path, max_entries)
+        return f"tree:{tree.signature()}{':truncated' if tree.truncated else ''}"
+    return f"file:{st.st_size}:{st.st_mtime_ns}"
+
+
+def refusal(path: Path, st: os.stat_result, settings: IngestSettings) -> tuple[str | None, Tree | None]:
+    """Why a delivery is refused without reading a byte of it (or None), and the tree of a folder."""
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return (f"the delivery is a symbolic link (to {target}): links are not followed; deliver the file or "
+                "folder itself"), None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return f"the delivery is a {kind_of(mode)}, neither a zip file nor a folder: it was not opened", None
+    if stat.S_ISREG(mode):
+        return None, None
+    tree = scan_tree(path, settings.max_entries)
+    if tree.truncated:
+        return (f"entry count more than {settings.max_entries} exceeds the limit LANDSURF_INGEST_MAX_ENTRIES="
+                f"{settings.max_entries}"), tree
+    if tree.special:
+        first = tree.special[0]
+        more = f" (and {len(tree.special) - 1} more)" if len(tree.special) > 1 else ""
+        return (f"the delivery holds a {first.kind}: {first.rel}{more}; only regular files and folders are read"), tree
+    if tree.size > settings.max_unpacked_bytes:
+        return (f"size {human_bytes(tree.size)} exceeds the limit LANDSURF_INGEST_MAX_UNPACKED_BYTES="
+                f"{human_bytes(settings.max_unpacked_bytes)}"), tree
+    return None, tree
+
+
+def _identity(path: Path, st: os.stat_result, tree: Tree | None) -> str:
+    """A checksum for a refused entry, computed without reading it."""
+    if tree is not None:
+        return tree.listing_checksum()
+    target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
+    text = f"{kind_of(st.st_mode)}\0{path.name}\0{target}\0{st.st_ino}\0{st.st_mtime_ns}"
+    return PREFIX + hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
 class Inbox:
-    """Watches one directory; `scan()` returns the deliveries that became complete since the last scan."""
+    """Watches one directory; `scan()` returns the deliveries taken (or refused) since the last scan."""
 
     catalog: CatalogSettings
     settings: IngestSettings
-    _seen: dict[Path, tuple[tuple, float]] = field(default_factory=dict)
+    _seen: dict[str, tuple[str, float]] = field(default_factory=dict)  # name → (signature, since, monotonic)
+    first_seen: dict[str, float] = field(default_factory=dict)        # name → wall time it was first listed
+    problems: dict[str, str] = field(default_factory=dict)            # name → why it could not be considered
+    taken: int = 0
+    refused: int = 0
 
     @property
     def inbox(self) -> Path:
@@ -86,44 +125,208 @@ class Inbox:
     def work(self) -> Path:
         return self.settings.work_dir(self.catalog)
 
-    def complete(self, path: Path, now: float | None = None) -> bool:
-        if path.is_dir() and path.with_name(path.name + ".done").exists():
+    def complete(self, path: Path, now: float | None = None, st: os.stat_result | None = None) -> bool:
+        st = st or os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and os.path.lexists(path.with_name(path.name + ".done")):
             return True
         now = time.monotonic() if now is None else now
-        sig = _signature(path)
-        previous = self._seen.get(path)
+        sig = signature(path, st, self.settings.max_entries)
+        previous = self._seen.get(path.name)
         if previous is None or previous[0] != sig:
-            self._seen[path] = (sig, now)
+            self._seen[path.name] = (sig, now)
             return False
         return now - previous[1] >= self.settings.stable_seconds
 
     def scan(self) -> list[Delivery]:
+        """One pass over the inbox. Database faults propagate (the watcher waits and scans again); any fault of
+        one entry is recorded in `problems` and the pass goes on."""
         self.inbox.mkdir(parents=True, exist_ok=True)
-        taken = []
-        for path in sorted(self.inbox.iterdir()):
-            if _is_candidate(path) and self.complete(path):
-                taken.append(take(self.catalog, self.settings, path))
-                self._seen.pop(path, None)
+        names = sorted(n for n in os.listdir(self.inbox) if is_candidate(n))
+        now_wall = time.time()
+        for gone in set(self.first_seen) - set(names):
+            self._forget(gone)
+        taken: list[Delivery] = []
+        for name in names:
+            self.first_seen.setdefault(name, now_wall)
+            path = self.inbox / name
+            try:
+                delivery = self._consider(path)
+            except FileNotFoundError:
+                self._forget(name)  # vanished between listing and taking: nothing to do
+                continue
+            except (DatabaseError, TransientIngestError):
+                raise
+            except OSError as exc:
+                if self.problems.get(name) != str(exc):
+                    log.warning("inbox entry skipped", entry=name, error=str(exc))
+                self.problems[name] = str(exc)
+                continue
+            if delivery is not None:
+                taken.append(delivery)
+                if delivery.status == "quarantined":
+                    self.refused += 1
+                else:
+                    self.taken += 1
+            if delivery is not None or not os.path.lexists(path):
+                self._forget(name)
         return taken
+
+    def _forget(self, name: str) -> None:
+        self._seen.pop(name, None)
+        self.first_seen.pop(name, None)
+        self.problems.pop(name, None)
+
+    def _consider(self, path: Path) -> Delivery | None:
+        st = os.lstat(path)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            return take_from_inbox(self.catalog, self.settings, path)  # refused at once, never opened
+        if self.complete(path, st=st):
+            return take_from_inbox(self.catalog, self.settings, path)
+        return None
+
+    def untaken(self) -> tuple[int, datetime | None]:
+        """Entries still in the inbox (waiting to be complete, or unreadable) and when the oldest was first seen."""
+        if not self.first_seen:
+            return 0, None
+        oldest = min(self.first_seen.values())
+        return len(self.first_seen), datetime.fromtimestamp(oldest, timezone.utc)
+
+
+def take_from_inbox(catalog: CatalogSettings, settings: IngestSettings, path: Path) -> Delivery | None:
+    """Receipt, then rename into work/ — or refuse (receipt + quarantine) what may not be read.
+
+    Returns None when another process took the entry first (or it vanished)."""
+    st = os.lstat(path)
+    reason, tree = refusal(path, st, settings)
+    if reason is not None:
+        return _refuse(catalog, settings, path, st, tree, reason, move=True)
+    sig = signature(path, st)
+    if tree is not None:
+        digest, size = tree.content_checksum(), tree.size
+    else:
+        digest, size = multihash(path), st.st_size
+    with receipts.delivery_lock(catalog, digest):
+        if not os.path.lexists(path):
+            return None  # another watcher took it while we hashed
+        delivery = Delivery(path=path, name=path.name, checksum=digest, size=size)
+        receipt_id = receipts.pending_for(catalog, digest, str(path)) or receipts.record(
+            catalog, delivery, source=str(path), signature=sig)
+        target = settings.work_dir(catalog) / str(receipt_id) / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, target)  # the inbox and work/ share a filesystem: atomic
+        path.with_name(path.name + ".done").unlink(missing_ok=True)
+        receipts.moved(catalog, receipt_id, str(target))
+    log.info("delivery received", receipt=receipt_id, delivery=path.name, size=size)
+    return Delivery(path=target, name=path.name, checksum=digest, size=size, receipt_id=receipt_id)
 
 
 def take(catalog: CatalogSettings, settings: IngestSettings, path: Path) -> Delivery:
-    """Checksum, receipt, then move into the work area. The returned delivery carries its receipt id."""
-    path = path.resolve()
-    digest, size = checksum(path)
-    delivery = Delivery(path=path, name=path.name, checksum=digest, size=size)
-    receipt_id = receipts.pending_for(catalog, delivery) or receipts.record(catalog, delivery)
-    work = settings.work_dir(catalog)
-    work.mkdir(parents=True, exist_ok=True)
-    # one directory per receipt keeps the delivery's own name (a folder's name is its product id)
-    target = work / str(receipt_id) / path.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if path.parent == settings.inbox_dir(catalog):
-        os.rename(path, target)  # the inbox and work/ share a filesystem: atomic
-        path.with_name(path.name + ".done").unlink(missing_ok=True)
-    elif path.is_dir():
-        shutil.copytree(path, target)  # a one-shot ingest never consumes the caller's files
-    else:
-        shutil.copy2(path, target)
-    receipts.finish(catalog, receipt_id, "received", path=str(target))
+    """Take one delivery given by path: from the inbox it is moved, from anywhere else copied into work/.
+
+    The returned delivery carries its receipt id; `status` is `quarantined` when it was refused outright (its
+    files are left where they are), or the status of the open receipt of the same bytes that it joined.
+    """
+    path = Path(path).absolute()
+    inbox = settings.inbox_dir(catalog)
+    if path.parent == inbox:
+        taken = take_from_inbox(catalog, settings, path)
+        if taken is None:
+            raise FileNotFoundError(f"{path} was taken by another process meanwhile")
+        return taken
+    st = os.stat(path)  # the caller's own link to a delivery is followed; links inside a folder are not
+    reason, tree = refusal(path, st, settings)
+    if reason is not None:
+        return _refuse(catalog, settings, path, st, tree, reason, move=False)
+    digest, size = (tree.content_checksum(), tree.size) if tree is not None else (multihash(path), st.st_size)
+    with receipts.delivery_lock(catalog, digest):
+        joined = receipts.in_flight(catalog, digest)
+        if joined is not None:
+            log.info("delivery already being ingested: joined its receipt", receipt=joined.id, delivery=path.name)
+            return Delivery(Path(joined.path), joined.name, digest, size, joined.id, status=joined.status)
+        delivery = Delivery(path=path, name=path.name, checksum=digest, size=size)
+        receipt_id = receipts.record(catalog, delivery, source=str(path))
+        target = _copy_into_work(settings.work_dir(catalog) / str(receipt_id), path)
+        receipts.moved(catalog, receipt_id, str(target))
     return Delivery(path=target, name=path.name, checksum=digest, size=size, receipt_id=receipt_id)
+
+
+def _copy_into_work(folder: Path, source: Path) -> Path:
+    """Copy under a temporary name, then rename: `work/<receipt>/<name>` exists only complete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    partial = folder / f".{source.name}.copying"
+    if partial.is_dir():
+        shutil.rmtree(partial)
+    partial.unlink(missing_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, partial, symlinks=True)
+    else:
+        shutil.copy2(source, partial)
+    os.rename(partial, target)
+    return target
+
+
+def _refuse(catalog: CatalogSettings, settings: IngestSettings, path: Path, st: os.stat_result, tree: Tree | None,
+            reason: str, *, move: bool) -> Delivery | None:
+    """A receipt `quarantined` with the reason; from the inbox the entry itself (never its target) is moved to
+    quarantine, so it is seen once. Nothing is opened."""
+    from ingest.pipeline import write_reason
+
+    digest = _identity(path, st, tree)
+    size = tree.size if tree is not None else (st.st_size if stat.S_ISREG(st.st_mode) else 0)
+    with receipts.delivery_lock(catalog, digest):
+        if move and not os.path.lexists(path):
+            return None
+        delivery = Delivery(path=path, name=path.name, checksum=digest, size=size)
+        receipt_id = receipts.record(catalog, delivery, source=str(path))
+        where = None
+        if move:
+            qdir = settings.quarantine_dir(catalog)
+            qdir.mkdir(parents=True, exist_ok=True)
+            target = qdir / f"{receipt_id}-{path.name}"
+            try:
+                os.rename(path, target)
+                where = str(target)
+            except OSError:
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.move(str(path), target)
+                    where = str(target)
+                else:
+                    os.unlink(path)  # a link, FIFO, socket or device on another filesystem carries no data
+            write_reason(qdir, f"{receipt_id}-{path.name}", receipt_id, reason)
+        receipts.finish(catalog, receipt_id, "quarantined", reason=reason, path=where)
+    log.warning("delivery refused", receipt=receipt_id, delivery=path.name, reason=reason)
+    return Delivery(path=Path(where) if where else path, name=path.name, checksum=digest, size=size,
+                    receipt_id=receipt_id, status="quarantined")
+
+
+def resume_take(catalog: CatalogSettings, settings: IngestSettings, rec: receipts.Receipt) -> receipts.Receipt:
+    """Finish the taking of a receipt whose delivery is not (yet) in `work/<receipt>/` — a crash between the
+    receipt and the rename or copy. A delivery that is nowhere any more ends `failed`, saying so."""
+    target = settings.work_dir(catalog) / str(rec.id) / rec.name
+    if Path(rec.path) == target and os.path.lexists(target):
+        return rec
+    if os.path.lexists(target):  # renamed or copied, the path not yet recorded
+        receipts.moved(catalog, rec.id, str(target))
+        return receipts.get(catalog, rec.id)
+    src = Path(rec.path)
+    inbox = settings.inbox_dir(catalog)
+    if os.path.lexists(src) and src.parent == inbox:
+        with receipts.delivery_lock(catalog, rec.checksum):
+            if os.path.lexists(src):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(src, target)
+                receipts.moved(catalog, rec.id, str(target))
+        return receipts.get(catalog, rec.id)
+    if os.path.exists(src) and src != target:
+        copied = _copy_into_work(target.parent, src)
+        if checksum(copied)[0] == rec.checksum:
+            receipts.moved(catalog, rec.id, str(copied))
+            return receipts.get(catalog, rec.id)
+        shutil.rmtree(target.parent, ignore_errors=True)
+        receipts.finish(catalog, rec.id, "failed", reason=f"the delivery at {src} changed since it was received: "
+                        "ingest it again")
+        return receipts.get(catalog, rec.id)
+    receipts.finish(catalog, rec.id, "failed", reason=f"the delivery's files are gone (neither {src} nor {target} "
+                    "exists): deliver it again")
+    return receipts.get(catalog, rec.id)

@@ -16,6 +16,7 @@ class Delivery:
     checksum: str             # multihash sha2-256 of the zip bytes, or of the folder's sorted (path, bytes)
     size: int                 # bytes
     receipt_id: int | None = None
+    status: str = "received"  # or "quarantined" (refused when taken), or the status of a receipt it joined
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@ never from constants: sub-tile regions of interest are products like any other.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,12 +22,23 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from catalog.collections import COLLECTIONS, S2_BANDS, S2_L2A
-from ingest.errors import InvalidDelivery
+from ingest.checksum import kind_of
+from ingest.errors import InvalidDelivery, LimitExceeded
+from ingest.faults import raster_fault
 from ingest.model import Delivery, L2AProduct, RasterFile
+from ingest.quicklook import quicklook_format
+from ingest.settings import IngestSettings
+from ingest.synthetic.grid import TILE_EXTENT_M, tile_grid
 from ingest.tiff import tiff_extent
-from ingest.unzip import REDELIVER, unzip
+from ingest.tree import scan_tree
+from ingest.unzip import REDELIVER, human_bytes, unzip
 
 PLATFORMS = ("SENTINEL2A", "SENTINEL2B", "SENTINEL2C")
+LAUNCHES = {"SENTINEL2A": datetime(2015, 6, 23, tzinfo=timezone.utc),
+            "SENTINEL2B": datetime(2017, 3, 7, tzinfo=timezone.utc),
+            "SENTINEL2C": datetime(2024, 9, 5, tzinfo=timezone.utc)}
+FUTURE_TOLERANCE = timedelta(days=1)  # clocks of producers and of this machine may disagree, not by more
+TILE_TOLERANCE_M = 10_000  # beyond the 9.8 km overlap of neighbouring tiles, short of the next tile
 LEVELS = ("L2A",)
 NAME_PATTERN = "PLATFORM_YYYYMMDD-HHMMSS-mmm_L2A_T<tile>_C|D_V<major>-<minor>"
 _NAME = re.compile(r"^(?P<platform>[A-Z0-9]+)_(?P<when>\d{8}-\d{6}-\d{3})_(?P<level>[A-Z0-9]+)_T(?P<tile>\w{5})"
@@ -40,18 +53,39 @@ REFLECTANCE_NODATA = -10000
 # ---------------------------------------------------------------------------------------------- extraction
 
 
-def extract(delivery: Delivery, work_dir: Path) -> Path:
+def extract(delivery: Delivery, work_dir: Path, settings: IngestSettings | None = None) -> Path:
     """The product's top folder: a folder delivery is used in place, a zip is unpacked into `work_dir`.
 
-    Every member name is checked before anything is written (zip-slip: `..`, absolute paths, links);
+    Every member name is checked before anything is written (zip-slip: `..`, absolute paths, links), and the
+    limits of `settings`; a folder may hold only regular files and folders, within the same limits.
     `work_dir` belongs to this call and is removed again when unpacking fails.
     """
+    settings = settings or IngestSettings()
     path = delivery.path
-    if path.is_dir():
+    mode = os.lstat(path).st_mode
+    if stat.S_ISDIR(mode):
+        check_folder(path, settings)
         return _product_folder(path)
-    if not path.is_file():
-        raise InvalidDelivery(path, "the delivery is neither a file nor a folder", REDELIVER)
-    return _product_folder(unzip(path, work_dir))
+    if not stat.S_ISREG(mode):
+        raise InvalidDelivery(path, f"the delivery is a {kind_of(mode)}, neither a zip file nor a folder",
+                              REDELIVER)
+    return _product_folder(unzip(path, work_dir, settings))
+
+
+def check_folder(path: Path, settings: IngestSettings) -> None:
+    """Only regular files and folders, within the entry and size limits — found without opening anything."""
+    tree = scan_tree(path, settings.max_entries)
+    if tree.truncated:
+        raise LimitExceeded(path, "entry count", f"more than {settings.max_entries}", "LANDSURF_INGEST_MAX_ENTRIES",
+                            str(settings.max_entries))
+    if tree.special:
+        first = tree.special[0]
+        more = f" (and {len(tree.special) - 1} more)" if len(tree.special) > 1 else ""
+        raise InvalidDelivery(path, f"the delivery holds a {first.kind}: {first.rel}{more}; only regular files "
+                              "and folders are read", "deliver the product's files themselves, not links to them")
+    if tree.size > settings.max_unpacked_bytes:
+        raise LimitExceeded(path, "size", human_bytes(tree.size), "LANDSURF_INGEST_MAX_UNPACKED_BYTES",
+                            human_bytes(settings.max_unpacked_bytes))
 
 
 def _product_folder(folder: Path) -> Path:
@@ -64,8 +98,11 @@ def _product_folder(folder: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def read_l2a(root: Path) -> L2AProduct:
-    """Parse `<ID>_MTD_ALL.xml` (spec §1.4) and check every raster it names against it and the tile."""
+def read_l2a(root: Path, *, now: datetime | None = None) -> L2AProduct:
+    """Parse `<ID>_MTD_ALL.xml` (spec §1.4) and check every raster it names against it and the tile.
+
+    Dates must be plausible: acquired after the platform's launch and not after `now` (plus a day), produced
+    after acquired."""
     if not root.is_dir():
         raise InvalidDelivery(root, "the product is not a folder", REDELIVER)
     if not any(p.is_file() for p in root.rglob("*")):
@@ -88,6 +125,8 @@ def read_l2a(root: Path) -> L2AProduct:
         wrong.append(f"date {_iso_ms(name.acquired)} in the name, {_iso_ms(acquired)} in MTD ACQUISITION_DATE")
     if wrong:
         raise InvalidDelivery(root, "name and metadata disagree: " + "; ".join(wrong), REDELIVER)
+    produced = mtd.date("Product_Characteristics/PRODUCTION_DATE")
+    _check_dates(root, name.platform, acquired, produced, now or datetime.now(timezone.utc))
     epsg = tile_epsg(tile)
     mtd_epsg = int(mtd.number("Geoposition_Informations//HORIZONTAL_CS_CODE"))
     if mtd_epsg != epsg:
@@ -95,21 +134,68 @@ def read_l2a(root: Path) -> L2AProduct:
                               f"({_zone_text(tile)} is EPSG:{epsg})", REDELIVER)
     rasters = _rasters(root, mtd, epsg, tile)
     _check_not_all_nodata(root, [r for k, r in rasters.items() if k.startswith("FRE_")])
-    qkl = root / (mtd.find("Product_Organisation//QUICKLOOK") or f"{root.name}_QKL_ALL.jpg")
+    named = mtd.find("Product_Organisation//QUICKLOOK")
+    qkl = root / (named or f"{root.name}_QKL_ALL.jpg")
+    if named and not _inside(root, qkl):
+        raise InvalidDelivery(root, f"MTD names a quicklook outside the product: {named}", REDELIVER)
+    quicklook = qkl if qkl.is_file() else None
+    if quicklook is not None:
+        quicklook_format(root, quicklook)  # JPEG or PNG by content, or the delivery is refused
     view = {e.get("band_id", "?"): (_float(e.findtext("ZENITH_ANGLE")), _float(e.findtext("AZIMUTH_ANGLE")))
             for e in doc.iterfind(".//Mean_Viewing_Incidence_Angle")}
     orbit = _float(mtd.find("Product_Characteristics/ORBIT_NUMBER"))
     return L2AProduct(
         product_id=product_id, root=root, platform=name.platform, level=name.level, tile=tile,
-        acquired=acquired, produced=mtd.date("Product_Characteristics/PRODUCTION_DATE"), version=version,
+        acquired=acquired, produced=produced, version=version,
         epsg=epsg, geoposition=mtd.geoposition, rasters=rasters,
-        quicklook=qkl if _inside(root, qkl) and qkl.is_file() else None, metadata_file=mtd_path,
+        quicklook=quicklook, metadata_file=mtd_path,
         cloud_percent=mtd.quality("CloudPercent"), snow_percent=mtd.quality("SnowPercent"),
         orbit=int(orbit) if math.isfinite(orbit) else None,
         sun_zenith=mtd.maybe_number("Geometric_Informations//Sun_Angles/ZENITH_ANGLE"),
         sun_azimuth=mtd.maybe_number("Geometric_Informations//Sun_Angles/AZIMUTH_ANGLE"),
         view_angles=view, extra={"letter": name.letter, "folder": root.name},
     )
+
+
+def _check_dates(root: Path, platform: str, acquired: datetime, produced: datetime, now: datetime) -> None:
+    launch = LAUNCHES.get(platform)
+    if launch is not None and acquired < launch:
+        raise InvalidDelivery(root, f"acquisition date {_iso_ms(acquired)} (MTD ACQUISITION_DATE) is before "
+                              f"{platform}'s launch on {launch:%Y-%m-%d}", REDELIVER)
+    if acquired > now + FUTURE_TOLERANCE:
+        raise InvalidDelivery(root, f"acquisition date {_iso_ms(acquired)} (MTD ACQUISITION_DATE) is in the future "
+                              f"(now {_iso_ms(now)})", REDELIVER)
+    if produced < acquired - timedelta(seconds=1):
+        raise InvalidDelivery(root, f"production date {_iso_ms(produced)} (MTD PRODUCTION_DATE) is before the "
+                              f"acquisition date {_iso_ms(acquired)}", REDELIVER)
+
+
+def check_delivery_name(name: str, product: L2AProduct) -> None:
+    """A delivery named like a product identifier must name this product: platform, date, level, tile, version.
+
+    Names that are no identifier (`upload.zip`, a wrapping folder) are not compared. Theia's `_D_` zips hold
+    `_C_` folders: the letter is not compared.
+    """
+    stem = re.sub(r"\.zip$", "", name, flags=re.IGNORECASE)
+    m = _NAME.match(stem)
+    if not m:
+        return
+    g = m.groupdict()
+    try:
+        when = datetime.strptime(g["when"], "%Y%m%d-%H%M%S-%f").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise InvalidDelivery(name, f"invalid date-time {g['when']!r} in the delivery name", REDELIVER) from None
+    facts = [("platform", g["platform"], product.platform, "PLATFORM"),
+             ("level", g["level"], product.level, "PRODUCT_LEVEL"),
+             ("tile", g["tile"].upper(), product.tile, "GEOGRAPHICAL_ZONE"),
+             ("version", g["version"].replace("-", "."), product.version, "PRODUCT_VERSION")]
+    wrong = [f"{what} {a} in the delivery name, {b} in the product (MTD {field})"
+             for what, a, b, field in facts if a != b]
+    if abs((when - product.acquired).total_seconds()) >= 1:
+        wrong.append(f"date {_iso_ms(when)} in the delivery name, {_iso_ms(product.acquired)} in the product "
+                     "(MTD ACQUISITION_DATE)")
+    if wrong:
+        raise InvalidDelivery(name, "delivery name and product disagree: " + "; ".join(wrong), REDELIVER)
 
 
 def tile_epsg(tile: str) -> int:
@@ -325,7 +411,7 @@ def _inspect(root: Path, key: str, path: Path, group: str, geo: tuple, epsg: int
             width, height, crs, t = ds.width, ds.height, ds.crs, ds.transform
             dtype, count, file_nodata = ds.dtypes[0], ds.count, ds.nodata
     except RasterioError as exc:
-        raise InvalidDelivery(root, f"cannot read {rel} as a GeoTIFF: {exc}", REDELIVER) from exc
+        raise raster_fault(root, path, f"cannot read {rel} as a GeoTIFF: {exc}", REDELIVER) from exc
     ulx, uly, xdim, ydim, rows, cols = geo
     if (width, height) != (cols, rows):
         raise InvalidDelivery(root, f"raster size of {rel} is {width}×{height} px but MTD Group_Geopositioning "
@@ -338,6 +424,7 @@ def _inspect(root: Path, key: str, path: Path, group: str, geo: tuple, epsg: int
         raise InvalidDelivery(root, f"geotransform of {rel} (UL {t.c:.12g}, {t.f:.12g}; pixel {t.a:.12g}, "
                               f"{t.e:.12g}) contradicts MTD Group_Geopositioning {group} (UL {ulx:.12g}, "
                               f"{uly:.12g}; pixel {xdim:.12g}, {ydim:.12g})", REDELIVER)
+    _check_in_tile(root, rel, tile, t, width, height)
     expected = "int16" if key[:3] in ("FRE", "SRE") else "uint8"
     if dtype != expected:
         raise InvalidDelivery(root, f"{rel} has data type {dtype}, MUSCATE {key[:3]} rasters are {expected}",
@@ -345,6 +432,23 @@ def _inspect(root: Path, key: str, path: Path, group: str, geo: tuple, epsg: int
     return RasterFile(key=key, path=path, group=group, width=width, height=height, dtype=dtype, count=count,
                       nodata=file_nodata if file_nodata is not None else default_nodata,
                       transform=tuple(t)[:6])
+
+
+def _check_in_tile(root: Path, rel: str, tile: str, t, width: int, height: int) -> None:
+    """The raster lies on its tile (a sub-tile region of interest too): a product named for one tile but
+    georeferenced on another is refused."""
+    try:
+        grid = tile_grid(tile)
+    except ValueError:
+        return  # _parse_name accepted the id; a tile the grid cannot place is checked by CRS alone
+    left, right = sorted((t.c, t.c + t.a * width))
+    bottom, top = sorted((t.f, t.f + t.e * height))
+    tol = TILE_TOLERANCE_M
+    if (left < grid.ulx - tol or top > grid.uly + tol or right > grid.ulx + TILE_EXTENT_M + tol
+            or bottom < grid.uly - TILE_EXTENT_M - tol):
+        raise InvalidDelivery(root, f"{rel} lies outside tile {tile}: its extent ({left:.0f}, {bottom:.0f}, "
+                              f"{right:.0f}, {top:.0f}) is not within the tile's ({grid.ulx}, "
+                              f"{grid.uly - TILE_EXTENT_M}, {grid.ulx + TILE_EXTENT_M}, {grid.uly})", REDELIVER)
 
 
 def _check_not_all_nodata(root: Path, fre: list[RasterFile], rows: int = 512) -> None:
@@ -357,7 +461,7 @@ def _check_not_all_nodata(root: Path, fre: list[RasterFile], rows: int = 512) ->
                     block = ds.read(1, window=window)
                 except RasterioError as exc:
                     rel = raster.path.relative_to(root).as_posix()
-                    raise InvalidDelivery(root, f"cannot read {rel}: {exc}", REDELIVER) from exc
+                    raise raster_fault(root, raster.path, f"cannot read {rel}: {exc}", REDELIVER) from exc
                 if (block != raster.nodata).any():
                     return
     raise InvalidDelivery(root, f"all-nodata product: every FRE band is entirely {REFLECTANCE_NODATA} "

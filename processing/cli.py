@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from catalog.errors import LandsurfError
 from catalog.settings import CatalogSettings
@@ -108,101 +109,195 @@ def db_migrate() -> None:
     out.print(f"pgSTAC {version}; collections: {', '.join(ids)}; job queue ready")
 
 
-@app.command("ingest", context_settings={"allow_extra_args": False})
-def ingest(
-    args: list[str] = typer.Argument(..., metavar="PATH… | watch [DIR] | status",
-                                     help="Deliveries to ingest now; `watch [DIR]` to watch an inbox; `status`."),
+class _IngestGroup(TyperGroup):
+    """`landsurf ingest PATH…` stays the shorthand of `landsurf ingest add PATH…`."""
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["add", *args]
+        return super().parse_args(ctx, args)
+
+
+ingest_app = typer.Typer(cls=_IngestGroup, no_args_is_help=True, help=(
+    "MUSCATE L2A deliveries (zip or folder): receipt, validation, COGs, item, publication. "
+    "`landsurf ingest PATH…` is `landsurf ingest add PATH…`."))
+app.add_typer(ingest_app, name="ingest")
+SETTLED = ("published", "duplicate", "quarantined", "returned", "failed", "retrying")
+
+
+@ingest_app.command("add", help=(
+    "Ingest deliveries now, through the job queue, in this process (other workers may help). Exit codes: 0 every "
+    "delivery published (or a duplicate); 6 one was quarantined or returned to the inbox (see its reason); 7 one "
+    "waits for a retry after a fault of the system (a `landsurf worker` retries it) or failed (`landsurf ingest "
+    "status`, then `landsurf ingest retry`); 2 a path does not exist."))
+def ingest_add(
+    paths: list[str] = typer.Argument(..., metavar="PATH…", help="Zips or folders (copied; never consumed)."),
     queue: bool = typer.Option(False, "--queue", help="Only queue the deliveries for `landsurf worker`."),
-    limit: int = typer.Option(50, help="Rows shown by `status`."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable `status`."),
 ) -> None:
-    """Ingest MUSCATE L2A deliveries (zip or folder): receipt, validation, COGs, item, publication."""
+    import time
+    from pathlib import Path
+
+    from ingest import receipts
+    from ingest.inbox import take
+    from ingest.settings import IngestSettings
+    from processing.queue import create_queue, defer, run_worker
+
+    settings, ingest_settings = _settings(), IngestSettings()
+    missing = [a for a in paths if not Path(a).exists()]
+    if missing:
+        raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
+    app_q = create_queue(settings, ingest_settings)
+    taken = []
+    with app_q.open():
+        for a in paths:
+            delivery = take(settings, ingest_settings, Path(a))
+            taken.append(delivery)
+            if delivery.status == "quarantined":
+                continue
+            defer(app_q, delivery)
+            if queue:
+                out.print(f"queued {delivery.name} (receipt {delivery.receipt_id})")
+    if queue:
+        return
+    ids = [d.receipt_id for d in taken]
+    while True:
+        rows = {i: receipts.get(settings, i) for i in ids}
+        if all(r.status in SETTLED for r in rows.values()):
+            break
+        run_worker(create_queue(settings, ingest_settings), once=True)  # ours, and whatever else is due
+        if any(receipts.get(settings, i).status not in SETTLED for i in ids):
+            time.sleep(0.5)  # another worker has it, or its job is not due yet
+    code = 0
+    for d in taken:
+        r = rows[d.receipt_id]
+        detail = f": {r.reason}" if r.reason else ""
+        line = f"{d.name} (receipt {r.id}): {r.status} {r.product_id or ''}{detail}"
+        if r.status in ("published", "duplicate"):
+            out.print(line)
+        elif r.status in ("quarantined", "returned"):
+            err.print(line)
+            code = max(code, 6)
+        else:
+            err.print(line + (" — a `landsurf worker` retries it" if r.status == "retrying" else ""))
+            code = 7
+    if code:
+        raise typer.Exit(code)
+
+
+@ingest_app.command("watch", help=(
+    "Watch an inbox: take complete deliveries and queue them for `landsurf worker`. Runs until SIGINT/SIGTERM, "
+    "through database outages and whatever lies in the inbox."))
+def ingest_watch(directory: Optional[str] = typer.Argument(None, help="Inbox to watch [LANDSURF_INGEST_INBOX].")
+                 ) -> None:
+    import signal
+    import threading
     from pathlib import Path
 
     from ingest.settings import IngestSettings
+    from ingest.watch import Watcher
+    from processing.queue import create_queue, defer, sweep_now
 
     settings, ingest_settings = _settings(), IngestSettings()
-    if args[0] == "status":
-        return _ingest_status(settings, limit, as_json)
-    if args[0] == "watch":
-        return _ingest_watch(settings, ingest_settings, Path(args[1]) if len(args) > 1 else None)
-    from ingest.inbox import take
-    from ingest.pipeline import process
-
-    missing = [a for a in args if not Path(a).exists()]
-    if missing:
-        raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
-    if queue:
-        from processing.queue import create_queue, defer
-
-        app_q = create_queue(settings, ingest_settings)
-        with app_q.open():
-            for a in args:
-                delivery = take(settings, ingest_settings, Path(a))
-                defer(app_q, delivery)
-                out.print(f"queued {delivery.name} (receipt {delivery.receipt_id})")
-        return
-    failed = 0
-    for a in args:
-        delivery = take(settings, ingest_settings, Path(a))
-        try:
-            outcome = process(settings, ingest_settings, delivery.receipt_id)
-        except LandsurfError as exc:
-            failed += 1
-            err.print(f"{delivery.name}: failed — {exc}")
-            continue
-        detail = f": {outcome.reason}" if outcome.reason else ""
-        out.print(f"{delivery.name}: {outcome.status} {outcome.product_id or ''}{detail}")
-        failed += outcome.status == "quarantined"
-    if failed:
-        raise typer.Exit(6)
-
-
-def _ingest_watch(settings, ingest_settings, directory) -> None:
-    import time
-
-    from ingest.inbox import Inbox
-    from processing.queue import create_queue, defer
-
     if directory is not None:
-        ingest_settings = ingest_settings.model_copy(update={"inbox": directory})
-    inbox = Inbox(settings, ingest_settings)
+        ingest_settings = ingest_settings.model_copy(update={"inbox": Path(directory)})
     app_q = create_queue(settings, ingest_settings)
-    out.print(f"watching {inbox.inbox} (complete after {ingest_settings.stable_seconds:g} s unchanged, "
+
+    def enqueue(deliveries) -> None:
+        with app_q.open():
+            for d in deliveries:
+                defer(app_q, d)
+
+    def report(d) -> None:
+        what = f"refused: {_receipt_reason(settings, d.receipt_id)}" if d.status == "quarantined" else "queued"
+        out.print(f"received {d.name} (receipt {d.receipt_id}), {what}")
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    watcher = Watcher(settings, ingest_settings, enqueue, sweep=lambda: sweep_now(settings, ingest_settings),
+                      stop=stop, on_delivery=report)
+    out.print(f"watching {watcher.inbox.inbox} (complete after {ingest_settings.stable_seconds:g} s unchanged, "
               f"or a `<folder>.done` marker); Ctrl-C to stop")
-    with app_q.open():
-        while True:
-            for delivery in inbox.scan():
-                defer(app_q, delivery)
-                out.print(f"received {delivery.name} (receipt {delivery.receipt_id}), queued")
-            time.sleep(ingest_settings.poll_seconds)
+    watcher.run()
 
 
-def _ingest_status(settings, limit: int, as_json: bool) -> None:
+def _receipt_reason(settings, receipt_id: int) -> str:
+    from ingest import receipts
+
+    return receipts.get(settings, receipt_id).reason or ""
+
+
+@ingest_app.command("status")
+def ingest_status(
+    limit: int = typer.Option(50, min=1, help="Rows shown (latest first)."),
+    status: Optional[str] = typer.Option(None, help="Only receipts of this status."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (a list of receipts)."),
+) -> None:
+    """Receipts: status, live job, attempts, product, latency, reason; and any open receipt without a job."""
     from rich.table import Table
 
     from ingest import receipts
+    from processing.queue import job_states, stranded
 
-    rows = receipts.recent(settings, limit)
+    settings = _settings()
+    rows = receipts.recent(settings, limit, status)
+    jobs = job_states(settings, [r.id for r in rows if r.status in receipts.OPEN])
     if as_json:
-        out.print_json(json.dumps([r.as_dict() for r in rows]))
+        out.print_json(json.dumps([r.as_dict() | {"job": jobs.get(r.id)} for r in rows]))
         return
-    table = Table("id", "delivery", "status", "product", "latency (s)", "reason")
+    table = Table("id", "delivery", "status", "job", "attempts", "product", "latency (s)", "reason")
     for r in rows:
-        table.add_row(str(r.id), r.name, r.status, r.product_id or "",
-                      f"{r.latency_s:.1f}" if r.latency_s is not None else "", (r.reason or "")[:80])
+        table.add_row(str(r.id), r.name, r.status, jobs.get(r.id, ""), str(r.attempts), r.product_id or "",
+                      f"{r.latency_s:.1f}" if r.latency_s is not None else "", (r.reason or "")[:100])
     out.print(table)
+    lost = stranded(settings)
+    if lost:
+        err.print(f"{len(lost)} open receipt(s) without a job: {', '.join(str(r.id) for r in lost[:20])} — a running "
+                  "worker queues them again, or `landsurf ingest retry ID…`")
 
 
-@app.command("worker")
-def worker(once: bool = typer.Option(False, "--once", help="Stop when the queue is empty."),
+@ingest_app.command("retry", help=(
+    "Start receipts again with fresh attempts: after `failed`, or to retry a system fault now. The retry itself "
+    "removes what earlier attempts left."))
+def ingest_retry(
+    receipt_ids: Optional[list[int]] = typer.Argument(None, metavar="RECEIPT…", help="Receipts to retry."),
+    failed: bool = typer.Option(False, "--failed", help="Every `failed` receipt."),
+) -> None:
+    from ingest import receipts
+    from ingest.settings import IngestSettings
+    from processing.queue import create_queue, retry, sweep_now
+
+    settings, ingest_settings = _settings(), IngestSettings()
+    ids = list(receipt_ids or [])
+    if failed:
+        ids += [r.id for r in receipts.with_status(settings, ("failed",)) if r.id not in ids]
+    if not ids and not failed:
+        raise typer.BadParameter("name one or more receipts, or give --failed")
+    report = sweep_now(settings, ingest_settings)
+    for rid in report.requeued:
+        out.print(f"receipt {rid}: had no job, queued again")
+    app_q = create_queue(settings, ingest_settings)
+    with app_q.open():
+        done = retry(app_q, settings, ingest_settings, ids)
+    for rid, what in done:
+        out.print(f"receipt {rid}: {what}")
+    if not done:
+        out.print("no failed receipt")
+    if any(what == "no such receipt" for _, what in done):
+        raise typer.Exit(4)
+
+
+@app.command("worker", help=(
+    "Run ingest jobs from the queue (any number of workers, on any machine, may run at once); retries the jobs of "
+    "dead workers and queues receipts left without a job."))
+def worker(once: bool = typer.Option(False, "--once", help="Stop when no job is due."),
            concurrency: int = typer.Option(1, min=1, help="Jobs at once in this process.")) -> None:
-    """Run ingest jobs from the queue (any number of workers, on any machine, may run at once)."""
+    from ingest.settings import IngestSettings
     from processing.queue import create_queue, run_worker
 
     settings = _settings()
-    out.print("worker started" + (" (until the queue is empty)" if once else ""))
-    run_worker(create_queue(settings), once=once, concurrency=concurrency)
+    out.print("worker started" + (" (until no job is due)" if once else ""))
+    run_worker(create_queue(settings, IngestSettings()), once=once, concurrency=concurrency)
 
 
 @app.command("sample")

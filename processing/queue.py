@@ -1,56 +1,103 @@
-"""The job queue: procrastinate on the catalog's own PostgreSQL, and the workers that drain it.
+"""The job queue: procrastinate on the catalog's own PostgreSQL, the workers that drain it, and the sweep that
+makes sure no delivery is ever stranded.
 
-Durable jobs survive restarts; a job is retried with exponential backoff on system faults
-(`TransientIngestError`); the job lock (the delivery's checksum) keeps two workers, on one machine
-or many, from processing the same bytes at once, and the pipeline's receipt check makes a second
-run of a finished delivery a no-op.
+- Durable jobs survive restarts; a job is retried with exponential backoff on system faults
+  (`TransientIngestError`); the job lock (the delivery's checksum) keeps two workers, on one machine or many,
+  from processing the same bytes at once, and the pipeline's receipt check makes a second run of a finished
+  delivery a no-op.
+- Workers heartbeat (procrastinate's worker table, every `heartbeat_seconds`). A worker silent for
+  `stalled_seconds` is dead (killed with -9, out of memory, machine lost): its job is a stalled job.
+- The sweep, run by every worker every `sweep_seconds` (and at its start), by the inbox watcher, and by
+  `landsurf ingest retry`, one sweeper at a time (an advisory lock):
+  1. retries the stalled jobs with procrastinate's own `get_stalled_jobs` / `retry_job` (back to `todo` on the
+     ingest queue; the retry cleans the dead attempt's leftovers before it starts);
+  2. re-queues every open receipt (`received`, `processing`, `retrying`) that has had no live job (`todo` or
+     `doing`) for `stalled_seconds` and that no live session is processing — a crash between a receipt and its
+     job, a job lost with a database, a direct `process()` call that died — finishing first a taking cut short.
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import procrastinate
+import psycopg
+from procrastinate.exceptions import AlreadyEnqueued, ConnectorException
 from psycopg import sql
 
-from catalog.database import bounded_url, connect, resolve_urls
+from catalog.database import bounded_url, connect, resolve_urls, session
+from catalog.errors import DatabaseError
+from catalog.logging import get_logger
 from catalog.settings import CatalogSettings
+from ingest import receipts
 from ingest.errors import TransientIngestError
 from ingest.model import Delivery
 from ingest.settings import IngestSettings
 
+log = get_logger(__name__)
+
 INGEST_QUEUE = "ingest"
 TASK_NAME = "ingest.delivery"
+SWEEP_LOCK = "landsurf-sweep"
+LIVE = ("todo", "doing")
 
 
-def create_queue(catalog: CatalogSettings | None = None, ingest: IngestSettings | None = None) -> procrastinate.App:
+class IngestQueue(procrastinate.App):
+    """A procrastinate app that knows the settings its ingest task and its sweep run with."""
+
+    catalog: CatalogSettings
+    ingest: IngestSettings
+
+
+def create_queue(catalog: CatalogSettings | None = None, ingest: IngestSettings | None = None) -> IngestQueue:
     """A procrastinate app bound to the catalog database (ingest role), with the ingest task."""
     catalog = catalog or CatalogSettings()
     ingest = ingest or IngestSettings()
     conninfo = bounded_url(resolve_urls(catalog).ingest, catalog, max(catalog.statement_timeout_ms, 60_000))
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    app = IngestQueue(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    app.catalog, app.ingest = catalog, ingest
 
     @app.task(
         name=TASK_NAME,
         queue=INGEST_QUEUE,
-        retry=procrastinate.RetryStrategy(max_attempts=ingest.max_attempts, wait=1, exponential_wait=2,
+        # the pipeline decides when to stop (max_attempts, counted on the receipt, dead workers included)
+        retry=procrastinate.RetryStrategy(wait=ingest.retry_wait_seconds, exponential_wait=ingest.retry_exponential,
                                           retry_exceptions={TransientIngestError}),
     )
     def ingest_delivery(receipt_id: int) -> str:
         from ingest.pipeline import process
 
-        return process(catalog, ingest, receipt_id).status
+        try:
+            return process(catalog, ingest, receipt_id).status
+        except DatabaseError as exc:  # e.g. the receipt lock could not even be asked for
+            raise TransientIngestError(str(exc), "the job is retried with backoff") from exc
 
     return app
 
 
 def defer(app: procrastinate.App, delivery: Delivery) -> int:
-    """Queue one delivery; the same receipt is never queued twice."""
-    task = app.tasks[TASK_NAME].configure(
-        lock=f"delivery-{delivery.checksum}", queueing_lock=f"receipt-{delivery.receipt_id}")
+    """Queue one delivery; the same receipt is never queued twice. -1 when it already was."""
+    return defer_receipt(app, delivery.receipt_id, delivery.checksum)
+
+
+def _configured(app: procrastinate.App, receipt_id: int, checksum: str):
+    return app.tasks[TASK_NAME].configure(lock=f"delivery-{checksum}", queueing_lock=f"receipt-{receipt_id}")
+
+
+def defer_receipt(app: procrastinate.App, receipt_id: int, checksum: str) -> int:
     try:
-        return task.defer(receipt_id=delivery.receipt_id)
-    except procrastinate.exceptions.AlreadyEnqueued:
+        return _configured(app, receipt_id, checksum).defer(receipt_id=receipt_id)
+    except AlreadyEnqueued:
+        return -1
+
+
+async def defer_receipt_async(app: procrastinate.App, receipt_id: int, checksum: str) -> int:
+    try:
+        return await _configured(app, receipt_id, checksum).defer_async(receipt_id=receipt_id)
+    except AlreadyEnqueued:
         return -1
 
 
@@ -74,8 +121,183 @@ def ensure_schema(catalog: CatalogSettings) -> bool:
             conn.execute(sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {}").format(who))
     return not installed
 
+# ------------------------------------------------------------------------------------------------ the sweep
 
-def run_worker(app: procrastinate.App, *, once: bool = False, concurrency: int = 1) -> None:
-    """Process ingest jobs; with `once`, stop when the queue is empty."""
-    app.run_worker(queues=[INGEST_QUEUE], wait=not once, concurrency=concurrency,
-                   install_signal_handlers=not once, delete_jobs="successful")
+
+@dataclass
+class Sweep:
+    ran: bool = False                                   # False: another sweeper held the lock
+    stalled: list[int] = field(default_factory=list)    # job ids of dead workers, retried
+    requeued: list[int] = field(default_factory=list)   # receipt ids that had no live job, queued again
+
+
+def stranded(catalog: CatalogSettings, grace_s: float = 0.0) -> list[receipts.Receipt]:
+    """Open receipts with no live job, unchanged for `grace_s` seconds (0: all of them)."""
+    with session(catalog, "ingest") as conn:
+        rows = conn.execute(
+            f"SELECT {receipts.COLUMNS} FROM landsurf.deliveries d "
+            "WHERE d.status IN ('received', 'processing', 'retrying') "
+            "AND d.updated_at <= now() - make_interval(secs => %s) "
+            "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.task_name = %s "
+            "AND j.status IN ('todo', 'doing') AND j.args->>'receipt_id' = d.id::text) ORDER BY d.id",
+            (grace_s, TASK_NAME)).fetchall()
+    return [receipts.Receipt(*r) for r in rows]
+
+
+def job_states(catalog: CatalogSettings, receipt_ids: list[int]) -> dict[int, str]:
+    """The live job of each receipt (`todo` or `doing`), for `landsurf ingest status`."""
+    if not receipt_ids:
+        return {}
+    with session(catalog, "ingest") as conn:
+        rows = conn.execute(
+            "SELECT (args->>'receipt_id')::bigint, status::text FROM procrastinate_jobs WHERE task_name = %s "
+            "AND status IN ('todo', 'doing') AND args->>'receipt_id' = ANY(%s)",
+            (TASK_NAME, [str(i) for i in receipt_ids])).fetchall()
+    return {rid: status for rid, status in rows}
+
+
+def _requeue_candidates(catalog: CatalogSettings, ingest: IngestSettings) -> list[tuple[int, str]]:
+    """Stranded receipts that no live session processes, with their taking finished (sync: run in a thread)."""
+    from ingest.inbox import resume_take
+
+    out = []
+    for rec in stranded(catalog, ingest.stalled_seconds):
+        if receipts.is_claimed(catalog, rec.id):
+            continue  # a live process (a direct `process()` call) is on it
+        if rec.path != str(ingest.work_dir(catalog) / str(rec.id) / rec.name):
+            rec = resume_take(catalog, ingest, rec)
+            if rec.status not in receipts.OPEN:
+                continue
+        out.append((rec.id, rec.checksum))
+    return out
+
+
+async def sweep(app: IngestQueue) -> Sweep:
+    """Retry the jobs of dead workers and re-queue receipts without a job (one sweeper at a time)."""
+    catalog, ingest = app.catalog, app.ingest
+    report = Sweep()
+    conn = await psycopg.AsyncConnection.connect(resolve_urls(catalog).ingest, autocommit=True,
+                                                 connect_timeout=max(1, int(catalog.connect_timeout_s)),
+                                                 options=f"-c statement_timeout={catalog.statement_timeout_ms}")
+    try:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (SWEEP_LOCK,))
+        if not (await cur.fetchone())[0]:
+            return report
+        report.ran = True
+        for job in await app.job_manager.get_stalled_jobs(task_name=TASK_NAME,
+                                                          seconds_since_heartbeat=ingest.stalled_seconds):
+            try:
+                await app.job_manager.retry_job(job, queue=INGEST_QUEUE)
+                report.stalled.append(job.id)
+                log.warning("job of a dead worker retried", job=job.id, receipt=job.task_kwargs.get("receipt_id"))
+            except ConnectorException as exc:  # finished or retried meanwhile
+                log.info("stalled job not retried", job=job.id, error=str(exc))
+        for receipt_id, checksum in await asyncio.to_thread(_requeue_candidates, catalog, ingest):
+            if await defer_receipt_async(app, receipt_id, checksum) != -1:
+                report.requeued.append(receipt_id)
+                log.warning("receipt without a job queued again", receipt=receipt_id)
+    finally:
+        await conn.close()  # releases the sweep lock
+    return report
+
+
+def sweep_now(catalog: CatalogSettings, ingest: IngestSettings) -> Sweep:
+    """One sweep from synchronous code (the watcher, the CLI)."""
+
+    async def run() -> Sweep:
+        app = create_queue(catalog, ingest)
+        async with app.open_async():
+            return await sweep(app)
+
+    return asyncio.run(run())
+
+
+def retry(app: procrastinate.App, catalog: CatalogSettings, ingest: IngestSettings,
+          receipt_ids: list[int]) -> list[tuple[int, str]]:
+    """An operator's retry of receipts: each is reopened (fresh attempts) and queued. Returns what was done."""
+    done = []
+    live = job_states(catalog, receipt_ids)
+    for rid in receipt_ids:
+        try:
+            rec = receipts.get(catalog, rid)
+        except KeyError:
+            done.append((rid, "no such receipt"))
+            continue
+        if rec.status in receipts.FINAL:
+            done.append((rid, f"not retried: already {rec.status}"))
+            continue
+        if rid in live:
+            done.append((rid, f"not retried: its job is already {live[rid]}"))
+            continue
+        rec = receipts.reopen(catalog, rid, f"retry requested (was {rec.status}: {rec.reason or 'no reason'})")
+        defer_receipt(app, rid, rec.checksum)
+        done.append((rid, "queued"))
+    return done
+
+# ------------------------------------------------------------------------------------------------ workers
+
+
+def run_worker(app: IngestQueue, *, once: bool = False, concurrency: int = 1) -> None:
+    """Process ingest jobs; with `once`, stop when no job is due. Without it, run until SIGINT/SIGTERM, riding
+    out database outages (the worker waits and reconnects)."""
+    asyncio.run(_work(app, once, concurrency))
+
+
+async def _work(app: IngestQueue, once: bool, concurrency: int) -> None:
+    ingest = app.ingest
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    current: list[asyncio.Task] = []
+    if not once:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: (stopping.set(), [t.cancel() for t in current]))
+    backoff = 1.0
+    while True:
+        started = loop.time()
+        try:
+            async with app.open_async():
+                await _sweep_logged(app)
+                sweeper = None if once else asyncio.create_task(_sweep_every(app))
+                worker = asyncio.create_task(app.run_worker_async(
+                    queues=[INGEST_QUEUE], wait=not once, concurrency=concurrency, install_signal_handlers=False,
+                    delete_jobs="successful", update_heartbeat_interval=ingest.heartbeat_seconds,
+                    stalled_worker_timeout=ingest.stalled_seconds,
+                    fetch_job_polling_interval=min(ingest.poll_seconds, 5.0)))
+                current[:] = [worker]
+                try:
+                    await worker
+                except asyncio.CancelledError:
+                    if not stopping.is_set():
+                        raise
+                finally:
+                    if sweeper is not None:
+                        sweeper.cancel()
+            if once or stopping.is_set():
+                return
+            log.warning("worker stopped by itself (database lost?); starting again")
+        except (ConnectorException, psycopg.Error, OSError, DatabaseError) as exc:
+            if once or stopping.is_set():
+                raise
+            log.warning("worker lost the database; reconnecting", error=str(exc).strip()[:300], retry_in=backoff)
+        if loop.time() - started > 60:
+            backoff = 1.0  # a long run since the last fault: start the backoff over
+        try:
+            await asyncio.wait_for(stopping.wait(), backoff)
+            return
+        except asyncio.TimeoutError:
+            backoff = min(backoff * 2, 30.0)
+
+
+async def _sweep_logged(app: IngestQueue) -> None:
+    try:
+        await sweep(app)
+    except (ConnectorException, psycopg.Error, OSError, DatabaseError) as exc:
+        log.warning("sweep failed; it runs again later", error=str(exc).strip()[:300])
+    except Exception as exc:  # noqa: BLE001 - the sweeper must outlive any single failure
+        log.error("sweep failed; it runs again later", error=str(exc), exc_info=exc)
+
+
+async def _sweep_every(app: IngestQueue) -> None:
+    while True:
+        await asyncio.sleep(app.ingest.sweep_seconds)
+        await _sweep_logged(app)

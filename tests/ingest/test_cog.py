@@ -38,7 +38,8 @@ def test_one_valid_cog_per_band_and_mask_plus_quicklook_and_metadata(large, cogs
     assert set(cogs.files) == set(large.rasters) | {"thumbnail", "metadata"}
     for key, raster in large.rasters.items():
         cog = cogs.files[key]
-        assert cog.path == cogs.staging / raster.path.name  # MUSCATE names, MASKS/ flattened
+        assert cog.path == cogs.staging / f"{large.product_id}_{key}.tif"  # fixed names, MASKS/ flattened
+        assert cog.path.name == raster.path.name  # the MUSCATE name, when the product follows the convention
         assert cog.media_type == COG
         valid, errors, warnings = cog_validate(str(cog.path), quiet=True)
         assert valid and not errors and not warnings, (key, errors, warnings)
@@ -60,7 +61,10 @@ def test_checksums_and_sizes_are_those_of_the_files(large, cogs):
         assert cog.size == cog.path.stat().st_size
         assert cog.checksum == sha(cog.path)
     assert cogs.files["metadata"].path.read_bytes() == large.metadata_file.read_bytes()
-    assert cogs.files["thumbnail"].path.read_bytes() == large.quicklook.read_bytes()
+    with rasterio.open(cogs.files["thumbnail"].path) as out, rasterio.open(large.quicklook) as src:
+        assert out.driver == "JPEG" and (out.count, out.width, out.height) == (3, src.width, src.height)
+        assert np.abs(out.read().astype(int) - src.read().astype(int)).mean() < 8  # re-encoded, same picture
+    assert cogs.files["thumbnail"].path.name == f"{large.product_id}_QKL_ALL.jpg"
 
 
 def test_layout_compression_and_overviews(cogs):

@@ -54,7 +54,7 @@ def _search(api, **params) -> list[dict]:
     return r.json()["features"]
 
 
-def test_inbox_queue_worker_publish_end_to_end(api, catalog_settings, ingest_settings, factory):
+def test_inbox_queue_worker_publish_end_to_end(api, catalog_settings, ingest_settings, factory, operator_token):
     product = factory()
     inbox = Inbox(catalog_settings, ingest_settings)
     inbox.inbox.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def test_inbox_queue_worker_publish_end_to_end(api, catalog_settings, ingest_set
         assert len(body) == asset["file:size"]
     local = catalog_settings.store_dir / item["assets"]["FRE_B4"]["href"].split("/download/", 1)[1]
     assert cog_validate(str(local))[0]
-    statuses = json.loads(httpx.get(api.url + "/deliveries").text)
+    statuses = json.loads(httpx.get(api.url + "/deliveries", headers={"Authorization": f"Bearer {operator_token}"}).text)
     assert statuses["deliveries"][0]["status"] == "published"
 
 
@@ -253,8 +253,8 @@ def test_faulty_products_are_quarantined_and_nothing_is_visible(catalog_settings
     assert not list(catalog_settings.store_dir.glob(f"**/{made.product_id}"))
 
 
-def test_metrics_export_production_and_latency(api):
-    text = httpx.get(api.url + "/metrics", timeout=30).text
+def test_metrics_export_production_and_latency(api, operator_token):
+    text = httpx.get(api.url + "/metrics", timeout=30, headers={"Authorization": f"Bearer {operator_token}"}).text
     assert 'landsurf_deliveries{status="published"}' in text
     assert 'landsurf_delivery_to_searchable_seconds{quantile="p95"}' in text
     published = [ln for ln in text.splitlines() if ln.startswith("landsurf_products_published_24h ")]
@@ -271,7 +271,8 @@ def test_a_receipt_left_by_a_crash_before_the_rename_is_taken_up_again(catalog_s
     dropped = inbox / product.path.name
     shutil.copy(product.path, dropped)
     digest, size = checksum(dropped)
-    orphan = receipts.record(catalog_settings, Delivery(dropped, dropped.name, digest, size))  # then "crash"
+    orphan = receipts.record(catalog_settings, Delivery(dropped, dropped.name, digest, size),
+                             source=str(dropped))  # then "crash"
     taken = take(catalog_settings, ingest_settings, dropped)
     assert taken.receipt_id == orphan
     assert process(catalog_settings, ingest_settings, taken.receipt_id).status == "published"
@@ -291,7 +292,8 @@ def test_a_system_fault_is_retried_by_the_queue_with_backoff(catalog_settings, i
                             text=True, stdin=subprocess.DEVNULL)
     assert broken.returncode == 0, broken.stderr[-2000:]
     failed = receipts.get(catalog_settings, delivery.receipt_id)
-    assert failed.status == "failed" and failed.attempts == 1 and "store-is-a-file" in failed.reason
+    assert failed.status == "retrying" and failed.attempts == 1 and "store-is-a-file" in failed.reason
+    assert "retried automatically" in failed.reason
     assert delivery.path.exists()  # kept for the retry
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

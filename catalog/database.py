@@ -1,7 +1,8 @@
 """Connections, roles and schema of the catalog database, embedded or external.
 
 Three login roles: `admin` runs migrations, `ingest` writes items, `api` only reads. With
-LANDSURF_DATABASE_URL set the same URL serves all three (docs/operations.md lists what that
+LANDSURF_DATABASE_URL set, that URL serves every role not given its own URL
+(LANDSURF_DATABASE_INGEST_URL, LANDSURF_DATABASE_API_URL; docs/operations.md lists what that
 database needs). Every connection carries a connect timeout and a statement timeout.
 """
 
@@ -32,16 +33,30 @@ class DatabaseUrls:
     api: str
 
 
+# An external database may give the ingest and api roles URLs of their own (a deployment gives each
+# service only the roles it needs); unset, they fall back to LANDSURF_DATABASE_URL.
+ROLE_URL_SETTINGS = {"ingest": "database_ingest_url", "api": "database_api_url"}
+
+
+def _checked_url(url: str, variable: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ConfigurationError(
+            f"{variable}={_redact(url)!r} is not a PostgreSQL URL",
+            "use postgresql://user:password@host:port/dbname",
+        )
+    return url
+
+
 def resolve_urls(settings: CatalogSettings) -> DatabaseUrls:
-    """Where each role connects: the embedded cluster's roles, or the one external URL."""
+    """Where each role connects: the embedded cluster's roles, or the external URLs."""
     if settings.database_url:
-        parts = urlsplit(settings.database_url)
-        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-            raise ConfigurationError(
-                f"LANDSURF_DATABASE_URL={_redact(settings.database_url)!r} is not a PostgreSQL URL",
-                "use postgresql://user:password@host:port/dbname",
-            )
-        return DatabaseUrls(settings.database_url, settings.database_url, settings.database_url)
+        admin = _checked_url(settings.database_url, "LANDSURF_DATABASE_URL")
+        urls = {"admin": admin}
+        for role, name in ROLE_URL_SETTINGS.items():
+            own = getattr(settings, name, None)  # settings field announced to the lead; absent: the one URL
+            urls[role] = _checked_url(own, f"LANDSURF_{name.upper()}") if own else admin
+        return DatabaseUrls(**urls)
     cluster = EmbeddedCluster(settings)
     return DatabaseUrls(cluster.url("admin"), cluster.url("ingest"), cluster.url("api"))
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import re
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Literal
 
@@ -67,9 +69,16 @@ BAD_QUERY: tuple[type[Exception], ...] = (
     asyncpg.exceptions.UndefinedFunctionError,     # an unknown CQL2 function or operator
     asyncpg.exceptions.RaiseError,                 # pgSTAC's own RAISE EXCEPTION on bad input
     asyncpg.exceptions.InvalidTextRepresentationError,
+    asyncpg.exceptions.DatatypeMismatchError,      # a CQL2 expression of the wrong type (`filter=true AND 'x'`)
+    asyncpg.exceptions.AmbiguousFunctionError,
+    asyncpg.exceptions.IndeterminateDatatypeError,
+    asyncpg.exceptions.UndefinedColumnError,
+    asyncpg.exceptions.PostgresSyntaxError,        # a filter pgSTAC turned into invalid SQL
     psycopg.errors.DataError,
     psycopg.errors.UndefinedFunction,
     psycopg.errors.RaiseException,
+    psycopg.errors.DatatypeMismatch,
+    json.JSONDecodeError,                          # a JSON query parameter (query, intersects, filter) that is not
 )
 
 
@@ -97,6 +106,30 @@ async def _domain_error(request: Request, exc: LandsurfError) -> JSONResponse:
         headers = {"Retry-After": "5"}
     return JSONResponse(status_code=exc.http_status, headers=headers,
                         content=_error_body(type(exc).__name__, str(exc)))
+
+
+def complete_path_parameters(app: FastAPI) -> None:
+    """Declare in the OpenAPI document every `{name}` of a path that an operation forgot (stac-fastapi's
+    bulk_items omits `collection_id`), so that clients and fuzzers generated from it are right."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for path, operations in schema.get("paths", {}).items():
+            names = re.findall(r"{(\w+)(?::\w+)?}", path)
+            for operation in operations.values():
+                if not isinstance(operation, dict):
+                    continue
+                params = operation.setdefault("parameters", [])
+                declared = {p.get("name") for p in params if p.get("in") == "path"}
+                params.extend({"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                              for n in names if n not in declared)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -219,6 +252,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
                           extensions=landsurf_extensions(stac_settings, store), lifespan=lifespan)
     app = api.app
     add_error_handlers(app)
+    complete_path_parameters(app)
 
     # stac-fastapi's Brotli would re-compress PNG tiles and files; titiler compresses what it should.
     # Its ProxyHeaderMiddleware believes Forwarded/X-Forwarded-* from anyone: PublicUrl replaces it.

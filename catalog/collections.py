@@ -24,6 +24,24 @@ S2_SCD = "sentinel2-snow-duration"
 VENUS_L2A = "venus-l2a"
 LANDSAT8_L2A = "landsat8-l2a"
 
+STAC_VERSION = "1.1.0"  # of every object the API serves: landing page, collections, items
+# The extension versions landsurf declares (their schemas are vendored in tests/schemas/ and checked there).
+EXTENSIONS = {
+    "eo": "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+    "raster": "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    # v1.2.0, not v2.0.0: the last version that allows `proj:epsg` beside `proj:code`, and GDAL < 3.10 STACIT
+    # (Debian 12's 3.6, QGIS) skips every asset without `proj:epsg`
+    "proj": "https://stac-extensions.github.io/projection/v1.2.0/schema.json",
+    "file": "https://stac-extensions.github.io/file/v2.1.0/schema.json",
+    "grid": "https://stac-extensions.github.io/grid/v1.1.0/schema.json",
+    "mgrs": "https://stac-extensions.github.io/mgrs/v1.0.0/schema.json",
+    "processing": "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
+    "version": "https://stac-extensions.github.io/version/v1.2.0/schema.json",
+    "sat": "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
+    "view": "https://stac-extensions.github.io/view/v1.0.0/schema.json",
+    "render": "https://stac-extensions.github.io/render/v2.0.0/schema.json",
+    "web-map-links": "https://stac-extensions.github.io/web-map-links/v1.2.0/schema.json",
+}
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 LICENSE = "etalab-2.0"
 PROVIDERS = [
@@ -31,15 +49,18 @@ PROVIDERS = [
     {"name": "landsurf", "roles": ["processor", "host"], "url": "https://github.com/landsurf"},
 ]
 
-# Sentinel-2 reflective bands delivered in MUSCATE L2A: (name, common name, centre µm, fwhm µm, gsd m, group)
+# Sentinel-2 reflective bands delivered in MUSCATE L2A: (name, common name, centre µm, fwhm µm, gsd m, group).
+# Common names are those of eo v1.1.0 (B5, B6 and B7 are all `rededge`; eo v2.0's `rededge071/075/078` belong to
+# STAC 1.1 `bands`, which odc-stac 0.5, GDAL STACIT and rio-tiler do not read in place of `eo:bands`):
+# clients tell the three apart by `name` and `center_wavelength`.
 S2_BANDS: list[tuple[str, str, float, float, int, str]] = [
     ("B2", "blue", 0.490, 0.098, 10, "R1"),
     ("B3", "green", 0.560, 0.045, 10, "R1"),
     ("B4", "red", 0.665, 0.038, 10, "R1"),
     ("B8", "nir", 0.842, 0.145, 10, "R1"),
-    ("B5", "rededge071", 0.705, 0.019, 20, "R2"),
-    ("B6", "rededge075", 0.740, 0.018, 20, "R2"),
-    ("B7", "rededge078", 0.783, 0.028, 20, "R2"),
+    ("B5", "rededge", 0.705, 0.019, 20, "R2"),
+    ("B6", "rededge", 0.740, 0.018, 20, "R2"),
+    ("B7", "rededge", 0.783, 0.028, 20, "R2"),
     ("B8A", "nir08", 0.865, 0.033, 20, "R2"),
     ("B11", "swir16", 1.610, 0.143, 20, "R2"),
     ("B12", "swir22", 2.190, 0.242, 20, "R2"),
@@ -149,17 +170,15 @@ class CollectionSpec:
     partition: str = "year"
     enabled: bool = True
     extra_summaries: dict[str, Any] = field(default_factory=dict)
+    # render extension: how a viewer shows an item (tiler parameters); the first is the default
+    renders: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        extensions = [EXTENSIONS["eo"], EXTENSIONS["raster"], EXTENSIONS["proj"], EXTENSIONS["processing"]]
         return {
             "type": "Collection",
-            "stac_version": "1.1.0",
-            "stac_extensions": [
-                "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
-                "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
-                "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
-                "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
-            ],
+            "stac_version": STAC_VERSION,
+            "stac_extensions": extensions + ([EXTENSIONS["render"]] if self.renders else []),
             "id": self.id,
             "title": self.title,
             "description": self.description,
@@ -178,6 +197,7 @@ class CollectionSpec:
                 **self.extra_summaries,
             },
             "item_assets": self.item_assets,
+            **({"renders": self.renders} if self.renders else {}),
             "links": [
                 {"rel": "license", "href": "https://www.etalab.gouv.fr/licence-ouverte-open-licence",
                  "title": "Licence Ouverte / Open Licence 2.0"},
@@ -199,6 +219,8 @@ COLLECTIONS: dict[str, CollectionSpec] = {
             "2015-07-04T00:00:00Z",
             extra_summaries={"eo:bands": [{"name": b[0], "common_name": b[1]} for b in S2_BANDS],
                              "gsd": [10, 20]},
+            renders={"true-colour": {"title": "True colour (flat reflectance B4, B3, B2)",
+                                     "assets": ["FRE_B4", "FRE_B3", "FRE_B2"], "rescale": [[0, 3000]]}},
         ),
         CollectionSpec(
             S2_SNOW, "Sentinel-2 snow maps (LIS-like, 20 m)",
@@ -241,6 +263,10 @@ QUERYABLES: dict[str, Any] = {
     },
 }
 INDEXED = ["eo:cloud_cover", "grid:code", "platform"]
+# pgSTAC settings of every search, kept in its `pgstac_settings` table so that they apply to every client of the
+# database (a `pgstac.*` connection setting or a search's `conf` would override them). `context` on: every search
+# answer carries `numberMatched`, an exact count (its cost is measured in the catalog benchmark).
+SEARCH_SETTINGS = {"context": "on"}
 
 
 HISTORY_SUFFIX = "-history"
@@ -266,7 +292,7 @@ def enabled() -> list[CollectionSpec]:
 
 
 def ensure_collections(conn: psycopg.Connection, specs: list[CollectionSpec] | None = None) -> list[str]:
-    """Upsert collections, set their partitioning while they are empty, register queryables."""
+    """Upsert collections, set their partitioning while they are empty, register queryables and search settings."""
     specs = specs if specs is not None else enabled()
     for spec in specs:
         conn.execute("SELECT pgstac.upsert_collection(%s::jsonb)", (json.dumps(spec.to_dict()),))
@@ -281,6 +307,9 @@ def ensure_collections(conn: psycopg.Connection, specs: list[CollectionSpec] | N
         "SELECT pgstac.upsert_queryables(%s::jsonb, %s::text[], %s::text[], false)",
         (json.dumps(QUERYABLES), ids, INDEXED),
     )
+    for name, value in SEARCH_SETTINGS.items():
+        conn.execute("INSERT INTO pgstac.pgstac_settings (name, value) VALUES (%s, %s) "
+                     "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", (name, value))
     return ids
 
 

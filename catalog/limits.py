@@ -34,9 +34,10 @@ class Bound:
 
 
 class Exceeded(Exception):
-    def __init__(self, what: str, status: int = 400) -> None:
+    def __init__(self, what: str, status: int = 400, code: str = "LimitExceeded") -> None:
         super().__init__(what)
         self.status = status
+        self.code = "PayloadTooLarge" if status == 413 else code
 
 
 def _bounds(s: HttpSettings) -> dict[str, Bound]:
@@ -62,7 +63,12 @@ TEXT = ("filter", "query", "intersects", "expression", "asset_expression", "colo
 JSON_PARAMS = ("query", "intersects", "colormap", "algorithm_params")
 
 _PATH_SIZE = re.compile(r"/(-?\d+)x(-?\d+)(?:\.[A-Za-z0-9]+)?$")
+_TILE = re.compile(r"/tiles/[^/]+/(-?\d+)/(-?\d+)/(-?\d+)(?:@|\.|/|$)")
+_GEOJSON_BODY = re.compile(r"/(feature|statistics)(/[^/]*)?(\.[A-Za-z0-9]+)?$")
+MAX_ZOOM = 30
 _TILE_SCALE = re.compile(r"/tiles/[^/]+/[^/]+/[^/]+/[^/@.]+@(-?\d+)x")
+_POINT = re.compile(r"/point/([^/,]+),([^/,]+)$")
+_BBOX = re.compile(r"/bbox/([^/,]+),([^/,]+),([^/,]+),([^/,]+)(?:/|\.|$)")
 _PARTS = re.compile(r"/(bbox/[^/]+|feature)(\.[A-Za-z0-9]+)?$")
 _IMAGES = re.compile(r"^/raster/.*/(tiles/|preview|bbox/|feature|statistics|point/|map\b|[^/]*\.(png|jpe?g|webp|tif|npy|jp2))")
 _JSON_BODY = re.compile(r"json", re.I)
@@ -123,8 +129,7 @@ class RequestLimits:
                 receive = _replay(body, receive)
         except Exceeded as exc:
             status = exc.status
-            code = "PayloadTooLarge" if status == 413 else "LimitExceeded"
-            await send_error(send, status, code, str(exc), [(b"connection", b"close")] if status == 413 else None)
+            await send_error(send, status, exc.code, str(exc), [(b"connection", b"close")] if status == 413 else None)
             return
         await self.app(scope, receive, send)
 
@@ -188,6 +193,10 @@ class RequestLimits:
             raise Exceeded(f"`{key}` lists more than {MAX_LIST} entries (fixed maximum)")
 
     def _check_image(self, path: str, params: dict[str, str], assets: int) -> None:
+        geographic = "coord_crs" not in params and "coord-crs" not in params
+        for pattern, what in ((_POINT, "point"), (_BBOX, "bbox")):
+            if (m := pattern.search(path)) and geographic:
+                _check_lonlat(what, [g for g in m.groups()])
         side = None
         if m := _PATH_SIZE.search(path):
             w, h = int(m.group(1)), int(m.group(2))
@@ -196,6 +205,11 @@ class RequestLimits:
                     raise Exceeded(f"image {name} {v} in the path is outside 1…{self.s.max_image_side} "
                                    "(LANDSURF_MAX_IMAGE_SIDE)")
             side = (w, h)
+        if m := _TILE.search(path):
+            z, x, y = (int(v) for v in m.groups())
+            if not 0 <= z <= MAX_ZOOM or not 0 <= x < 2 ** (z + 1) or not 0 <= y < 2 ** (z + 1):
+                raise Exceeded(f"tile {z}/{x}/{y} is outside every tile matrix (zoom 0…{MAX_ZOOM}, "
+                               "column and row below 2^(zoom+1))", code="BadRequest")
         if m := _TILE_SCALE.search(path):
             scale = int(m.group(1))
             size = _int(params.get("tilesize"), 256)
@@ -232,11 +246,20 @@ class RequestLimits:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if body and _JSON_BODY.search(header(scope, b"content-type") or "json"):
+        kind = header(scope, b"content-type") or "application/json"
+        if body and not _JSON_BODY.search(kind):
+            raise Exceeded(f"a request body of type {kind[:60]!r} is not accepted: every body here is JSON",
+                           415, code="UnsupportedMediaType")
+        if body:
             if (d := json_depth(body)) > MAX_JSON_DEPTH:
                 raise Exceeded(f"the JSON body nests {d} levels deep, over the maximum of {MAX_JSON_DEPTH}")
-            if scope["path"].endswith(("/search", "/searches/register")):
-                self._check_search(scope["path"], body)
+            if "patch" not in kind.lower() and body.lstrip()[:1] not in (b"{", b""):
+                raise Exceeded("the JSON body is not an object", code="BadRequest")
+            route = get_route_path(scope)
+            if route.endswith(("/search", "/searches/register")):
+                self._check_search(route, body)
+            elif route.startswith("/raster/") and _GEOJSON_BODY.search(route):
+                _check_areas(body)
         return body
 
     def _check_search(self, path: str, body: bytes) -> None:
@@ -274,6 +297,35 @@ class RequestLimits:
             for key in ("include", "exclude"):
                 if isinstance(fields.get(key), list) and len(fields[key]) > MAX_LIST:
                     raise Exceeded(f"`fields.{key}` lists more than {MAX_LIST} entries (fixed maximum)")
+
+
+def _check_areas(body: bytes) -> None:
+    """What the tiler cuts images and statistics to: a Feature or FeatureCollection of (multi)polygons."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    features = doc.get("features") if isinstance(doc, dict) and doc.get("type") == "FeatureCollection" else [doc]
+    if not isinstance(features, list) or not features or len(features) > MAX_LIST:
+        raise Exceeded(f"give a GeoJSON Feature or a FeatureCollection of 1…{MAX_LIST} features", code="BadRequest")
+    for feature in features:
+        geometry = feature.get("geometry") if isinstance(feature, dict) else None
+        if not isinstance(geometry, dict) or geometry.get("type") not in ("Polygon", "MultiPolygon") \
+                or not geometry.get("coordinates"):
+            raise Exceeded("every feature needs a Polygon or MultiPolygon geometry with coordinates",
+                           code="BadRequest")
+
+
+def _check_lonlat(what: str, values: list[str]) -> None:
+    """Longitudes and latitudes of a path (WGS84 unless `coord_crs` says otherwise) must exist on Earth."""
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        raise Exceeded(f"{what} coordinates {','.join(values)[:80]} are not numbers", code="BadRequest") from None
+    lons, lats = numbers[0::2], numbers[1::2]
+    if not all(-180 <= x <= 180 for x in lons) or not all(-90 <= y <= 90 for y in lats):
+        raise Exceeded(f"{what} coordinates {','.join(values)[:80]} are outside longitude -180…180 / "
+                       "latitude -90…90 (give coord_crs for projected coordinates)", code="BadRequest")
 
 
 def _int(value: str | None, default: int) -> int:

@@ -46,16 +46,24 @@ from titiler.pgstac.extensions import searchInfoExtension  # noqa: E402
 from titiler.pgstac.factory import MosaicTilerFactory  # noqa: E402
 from titiler.pgstac.reader import PgSTACReader, SimpleSTACReader  # noqa: E402
 
+from rio_tiler import errors as rt  # noqa: E402
+
 from catalog.auth import require_role  # noqa: E402
 from catalog.errors import NotFound  # noqa: E402
+from catalog.proxy import ErrorShield  # noqa: E402
 from catalog.settings import CatalogSettings  # noqa: E402
 from catalog.store import AssetStore  # noqa: E402
 
 # GDAL configuration of every read, given per request (titiler's environment dependency), not
 # written into the process environment.
-GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": "256", "VSI_CACHE": "TRUE",
-            "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES", "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff"}
+GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": 256, "VSI_CACHE": True,
+            "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": True, "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff"}
 ITEM_CACHE_S = 60
+# rio-tiler errors caused by what the client asked (titiler maps them all to 500)
+CLIENT_FAULTS = {rt.PointOutsideBounds: 404, rt.InvalidBufferSize: 400, rt.InvalidBounds: 400,
+                 rt.InvalidColorMapName: 400, rt.InvalidMosaicMethod: 400, rt.AssetAsBandError: 400,
+                 rt.InvalidPointDataError: 400, rt.InvalidGeographicBounds: 400, rt.MaxArraySizeError: 400,
+                 rt.NoAssetFoundError: 204}
 
 TEMPLATES = Jinja2Templates(
     env=jinja2.Environment(
@@ -194,11 +202,15 @@ def create_tiler_app(store: AssetStore, settings: CatalogSettings) -> FastAPI:
     """The /raster sub-application: item tiles, search and collection mosaics, TMS, colormaps."""
     item_reader, mosaic_reader = _store_readers(store)
     app = FastAPI(title="landsurf tiles", openapi_url="/api", docs_url="/api.html")
+    # titiler's map without its catch-all `Exception: 500`: an unexpected error is not a status to hide
+    # behind, it reaches the error shield (logged with an id, connection closed cleanly)
+    known = {exc: code for exc, code in DEFAULT_STATUS_CODES.items() if exc is not Exception}
     add_exception_handlers(
         app,
-        {**DEFAULT_STATUS_CODES, **MOSAIC_STATUS_CODES, **PGSTAC_STATUS_CODES,
+        {**known, **MOSAIC_STATUS_CODES, **PGSTAC_STATUS_CODES, **CLIENT_FAULTS,
          ValidationError: status.HTTP_422_UNPROCESSABLE_CONTENT},
     )
+    app.add_middleware(ErrorShield)  # inside the sub-app's own ServerErrorMiddleware, which would answer first
     app.add_middleware(
         CacheControlMiddleware,
         cachecontrol="public, max-age=3600",

@@ -12,12 +12,13 @@ Completeness rule (docs/operations.md):
 Entries that vanish between listing and taking are forgotten; an entry that cannot be read is skipped and
 reported (the watcher's state), and the scan goes on: one bad entry never blocks the inbox.
 
-Taking a delivery: its checksum is computed in place, then under the delivery lock (its checksum, in the
-database) a receipt row is written and the delivery renamed into `work/<receipt>/<name>` (same filesystem,
-atomic). Two processes seeing one delivery write one receipt: the second finds it gone. A crash between the
-receipt and the rename leaves a receipt pointing at the inbox, which the next scan (or the queue's sweep) takes
-up again. A one-shot `landsurf ingest PATH` copies instead of renaming, so the caller's files are never
-consumed; a second one-shot of the same bytes while the first is still open joins its receipt.
+Taking a delivery: it is first renamed into a private claim folder `work/.claim-<uuid>/` (same filesystem,
+atomic): of two processes seeing one entry, one rename succeeds and the other finds nothing, so one delivery
+gets one receipt. Its checksum is computed there, the receipt written, and the claim folder renamed to
+`work/<receipt>/`. A failure before the receipt puts the entry back in the inbox; a process killed meanwhile
+leaves a claim that the watcher gives back to the inbox (or finishes, when its receipt exists). A one-shot
+`landsurf ingest PATH` copies instead of renaming, so the caller's files are never consumed; a second one-shot
+of the same bytes while the first is still open joins its receipt (the delivery lock, on the checksum).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import shutil
 import stat
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +47,7 @@ from ingest.unzip import human_bytes
 log = get_logger(__name__)
 
 IGNORED_SUFFIXES = (".part", ".tmp", ".done", ".reason.json")
+CLAIM_PREFIX = ".claim-"
 
 
 def is_candidate(name: str) -> bool:
@@ -193,31 +196,75 @@ class Inbox:
 
 
 def take_from_inbox(catalog: CatalogSettings, settings: IngestSettings, path: Path) -> Delivery | None:
-    """Receipt, then rename into work/ — or refuse (receipt + quarantine) what may not be read.
+    """Claim (rename into a private folder of work/), checksum, receipt, then rename the claim folder into
+    `work/<receipt>/` — or refuse (receipt + quarantine) what may not be read.
 
-    Returns None when another process took the entry first (or it vanished)."""
+    The first rename decides between processes that see the same entry; the others get None (as for an entry
+    that vanished). If the database fails before the receipt is written, the entry is put back in the inbox; a
+    claim left by a process killed meanwhile is put back by `recover_claims`.
+    """
     st = os.lstat(path)
     reason, tree = refusal(path, st, settings)
-    if reason is not None:
-        return _refuse(catalog, settings, path, st, tree, reason, move=True)
-    sig = signature(path, st)
-    if tree is not None:
-        digest, size = tree.content_checksum(), tree.size
-    else:
-        digest, size = multihash(path), st.st_size
-    with receipts.delivery_lock(catalog, digest):
-        if not os.path.lexists(path):
-            return None  # another watcher took it while we hashed
-        delivery = Delivery(path=path, name=path.name, checksum=digest, size=size)
-        receipt_id = receipts.pending_for(catalog, digest, str(path)) or receipts.record(
-            catalog, delivery, source=str(path), signature=sig)
-        target = settings.work_dir(catalog) / str(receipt_id) / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(path, target)  # the inbox and work/ share a filesystem: atomic
-        path.with_name(path.name + ".done").unlink(missing_ok=True)
-        receipts.moved(catalog, receipt_id, str(target))
+    sig = None if reason else signature(path, st)
+    claim_name = f"{CLAIM_PREFIX}{uuid.uuid4().hex}"
+    claim = settings.work_dir(catalog) / claim_name
+    with receipts.taking(catalog, claim_name):
+        claim.mkdir(parents=True)
+        try:
+            os.rename(path, claim / path.name)  # the inbox and work/ share a filesystem: atomic
+        except FileNotFoundError:
+            claim.rmdir()
+            return None  # another watcher took it, or it vanished
+        held = claim / path.name
+        try:
+            if reason is not None:
+                return _refuse(catalog, settings, held, path, st, tree, reason)
+            digest, size = (tree.content_checksum(), tree.size) if tree is not None else (multihash(held), st.st_size)
+            delivery = Delivery(path=held, name=path.name, checksum=digest, size=size)
+            receipt_id = receipts.pending_for(catalog, digest, str(path)) or receipts.record(
+                catalog, delivery, source=str(path), signature=sig)
+        except BaseException:
+            if os.path.lexists(held) and not os.path.lexists(path):
+                os.rename(held, path)  # nothing recorded: the delivery goes back where it was
+                shutil.rmtree(claim, ignore_errors=True)
+            raise
+        target_dir = settings.work_dir(catalog) / str(receipt_id)
+        os.rename(claim, target_dir)
+        receipts.moved(catalog, receipt_id, str(target_dir / path.name))
+    path.with_name(path.name + ".done").unlink(missing_ok=True)
     log.info("delivery received", receipt=receipt_id, delivery=path.name, size=size)
-    return Delivery(path=target, name=path.name, checksum=digest, size=size, receipt_id=receipt_id)
+    return Delivery(path=target_dir / path.name, name=path.name, checksum=digest, size=size, receipt_id=receipt_id)
+
+
+def recover_claims(catalog: CatalogSettings, settings: IngestSettings, older_than_s: float) -> list[str]:
+    """Claim folders left by a process killed while taking a delivery: with a receipt, the taking is finished
+    (`resume_take`); without one, the delivery goes back to the inbox. Returns what was done."""
+    work = settings.work_dir(catalog)
+    done = []
+    if not work.is_dir():
+        return done
+    now = time.time()
+    for claim in sorted(work.glob(f"{CLAIM_PREFIX}*")):
+        try:
+            if now - os.lstat(claim).st_mtime < older_than_s or receipts.taking_in_progress(catalog, claim.name):
+                continue
+            rec = receipts.with_path_under(catalog, str(claim))
+            if rec is not None:
+                resume_take(catalog, settings, rec)
+                done.append(f"{claim.name}: receipt {rec.id} taken")
+                continue
+            for entry in os.listdir(claim):
+                back = settings.inbox_dir(catalog) / entry
+                if not os.path.lexists(back):
+                    os.rename(claim / entry, back)
+                    done.append(f"{claim.name}: {entry} back in the inbox")
+            if not os.listdir(claim):
+                claim.rmdir()
+        except FileNotFoundError:
+            continue
+    for line in done:
+        log.warning("claim of a dead taking recovered", what=line)
+    return done
 
 
 def take(catalog: CatalogSettings, settings: IngestSettings, path: Path) -> Delivery:
@@ -236,7 +283,7 @@ def take(catalog: CatalogSettings, settings: IngestSettings, path: Path) -> Deli
     st = os.stat(path)  # the caller's own link to a delivery is followed; links inside a folder are not
     reason, tree = refusal(path, st, settings)
     if reason is not None:
-        return _refuse(catalog, settings, path, st, tree, reason, move=False)
+        return _refuse(catalog, settings, path, path, st, tree, reason, move=False)
     digest, size = (tree.content_checksum(), tree.size) if tree is not None else (multihash(path), st.st_size)
     with receipts.delivery_lock(catalog, digest):
         joined = receipts.in_flight(catalog, digest)
@@ -266,37 +313,36 @@ def _copy_into_work(folder: Path, source: Path) -> Path:
     return target
 
 
-def _refuse(catalog: CatalogSettings, settings: IngestSettings, path: Path, st: os.stat_result, tree: Tree | None,
-            reason: str, *, move: bool) -> Delivery | None:
-    """A receipt `quarantined` with the reason; from the inbox the entry itself (never its target) is moved to
-    quarantine, so it is seen once. Nothing is opened."""
+def _refuse(catalog: CatalogSettings, settings: IngestSettings, held: Path, source: Path, st: os.stat_result,
+            tree: Tree | None, reason: str, *, move: bool = True) -> Delivery:
+    """A receipt `quarantined` with the reason; the entry itself (never a link's target), claimed from the
+    inbox, is moved to quarantine, so it is seen once. Nothing is opened. A one-shot's files stay (`move=False`)."""
     from ingest.pipeline import write_reason
 
-    digest = _identity(path, st, tree)
+    digest = _identity(held, st, tree)
     size = tree.size if tree is not None else (st.st_size if stat.S_ISREG(st.st_mode) else 0)
-    with receipts.delivery_lock(catalog, digest):
-        if move and not os.path.lexists(path):
-            return None
-        delivery = Delivery(path=path, name=path.name, checksum=digest, size=size)
-        receipt_id = receipts.record(catalog, delivery, source=str(path))
-        where = None
-        if move:
-            qdir = settings.quarantine_dir(catalog)
-            qdir.mkdir(parents=True, exist_ok=True)
-            target = qdir / f"{receipt_id}-{path.name}"
-            try:
-                os.rename(path, target)
-                where = str(target)
-            except OSError:
-                if stat.S_ISDIR(st.st_mode):
-                    shutil.move(str(path), target)
-                    where = str(target)
-                else:
-                    os.unlink(path)  # a link, FIFO, socket or device on another filesystem carries no data
-            write_reason(qdir, f"{receipt_id}-{path.name}", receipt_id, reason)
-        receipts.finish(catalog, receipt_id, "quarantined", reason=reason, path=where)
-    log.warning("delivery refused", receipt=receipt_id, delivery=path.name, reason=reason)
-    return Delivery(path=Path(where) if where else path, name=path.name, checksum=digest, size=size,
+    delivery = Delivery(path=held, name=source.name, checksum=digest, size=size)
+    receipt_id = receipts.record(catalog, delivery, source=str(source))
+    where = None
+    if move:
+        qdir = settings.quarantine_dir(catalog)
+        qdir.mkdir(parents=True, exist_ok=True)
+        target = qdir / f"{receipt_id}-{source.name}"
+        try:
+            os.rename(held, target)
+        except OSError:  # quarantine on another filesystem
+            if stat.S_ISDIR(st.st_mode):
+                shutil.move(str(held), target)
+            else:
+                os.unlink(held)  # a link, FIFO, socket or device carries no data
+                target = None
+        if held.parent.name.startswith(CLAIM_PREFIX):
+            shutil.rmtree(held.parent, ignore_errors=True)
+        write_reason(qdir, f"{receipt_id}-{source.name}", receipt_id, reason)
+        where = str(target) if target else None
+    receipts.finish(catalog, receipt_id, "quarantined", reason=reason, path=where)
+    log.warning("delivery refused", receipt=receipt_id, delivery=source.name, reason=reason)
+    return Delivery(path=Path(where) if where else source, name=source.name, checksum=digest, size=size,
                     receipt_id=receipt_id, status="quarantined")
 
 
@@ -310,13 +356,18 @@ def resume_take(catalog: CatalogSettings, settings: IngestSettings, rec: receipt
         receipts.moved(catalog, rec.id, str(target))
         return receipts.get(catalog, rec.id)
     src = Path(rec.path)
-    inbox = settings.inbox_dir(catalog)
-    if os.path.lexists(src) and src.parent == inbox:
-        with receipts.delivery_lock(catalog, rec.checksum):
-            if os.path.lexists(src):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(src, target)
-                receipts.moved(catalog, rec.id, str(target))
+    if os.path.lexists(src) and src.parent.name.startswith(CLAIM_PREFIX):  # killed after its receipt
+        if not os.path.lexists(target.parent):
+            os.rename(src.parent, target.parent)
+            receipts.moved(catalog, rec.id, str(target))
+        return receipts.get(catalog, rec.id)
+    if os.path.lexists(src) and src.parent == settings.inbox_dir(catalog):  # killed before its rename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(src, target)
+            receipts.moved(catalog, rec.id, str(target))
+        except FileNotFoundError:
+            pass  # a watcher claimed it meanwhile: it finds this receipt (`pending_for`)
         return receipts.get(catalog, rec.id)
     if os.path.exists(src) and src != target:
         copied = _copy_into_work(target.parent, src)

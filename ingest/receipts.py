@@ -216,14 +216,41 @@ def claim(settings: CatalogSettings, receipt_id: int) -> Iterator[Claim]:
         conn.close()  # closing the session releases its advisory locks
 
 
+def _held(settings: CatalogSettings, key: str) -> bool:
+    with session(settings, "ingest") as conn:
+        got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0]
+        if got:
+            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+    return not got
+
+
 def is_claimed(settings: CatalogSettings, receipt_id: int) -> bool:
     """Whether a live session processes this receipt now (tried and released at once)."""
+    return _held(settings, _key("receipt", receipt_id))
+
+
+@contextmanager
+def taking(settings: CatalogSettings, name: str) -> Iterator[None]:
+    """Held while a delivery is being taken into its claim folder `work/<name>` (see `taking_in_progress`)."""
+    conn = connect(resolve_urls(settings).ingest, settings)
+    try:
+        conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (_key("taking", name),))
+        yield
+    finally:
+        conn.close()
+
+
+def taking_in_progress(settings: CatalogSettings, name: str) -> bool:
+    """Whether a live process is still taking the delivery of claim folder `name`."""
+    return _held(settings, _key("taking", name))
+
+
+def with_path_under(settings: CatalogSettings, folder: str) -> Receipt | None:
+    """The receipt whose delivery lies in `folder`, if any."""
     with session(settings, "ingest") as conn:
-        got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                           (_key("receipt", receipt_id),)).fetchone()[0]
-        if got:
-            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_key("receipt", receipt_id),))
-    return not got
+        row = conn.execute(f"SELECT {COLUMNS} FROM landsurf.deliveries WHERE starts_with(path, %s) "
+                           "ORDER BY id DESC LIMIT 1", (folder.rstrip("/") + "/",)).fetchone()
+    return Receipt(*row) if row else None
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from catalog.database import session
 from catalog.logging import get_logger
 from catalog.settings import CatalogSettings
-from ingest.inbox import Inbox
+from ingest.inbox import Inbox, recover_claims
 from ingest.model import Delivery
 from ingest.settings import IngestSettings
 
@@ -66,6 +66,7 @@ class Watcher:
             self._register()
         self._flush()
         self._heartbeat()  # before and after a scan that may hash large deliveries
+        recover_claims(self.catalog, self.settings, self.settings.stalled_seconds)
         found = self.inbox.scan()
         for delivery in found:
             if delivery.status == "received":

@@ -140,15 +140,14 @@ def ingest_add(
     from ingest import receipts
     from ingest.inbox import take
     from ingest.settings import IngestSettings
-    from processing.queue import create_queue, defer, run_worker
+    from processing.queue import create_queue, defer, opened, run_worker
 
     settings, ingest_settings = _settings(), IngestSettings()
     missing = [a for a in paths if not Path(a).exists()]
     if missing:
         raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
-    app_q = create_queue(settings, ingest_settings)
     taken = []
-    with app_q.open():
+    with opened(settings, ingest_settings) as app_q:
         for a in paths:
             delivery = take(settings, ingest_settings, Path(a))
             taken.append(delivery)
@@ -195,15 +194,14 @@ def ingest_watch(directory: Optional[str] = typer.Argument(None, help="Inbox to 
 
     from ingest.settings import IngestSettings
     from ingest.watch import Watcher
-    from processing.queue import create_queue, defer, sweep_now
+    from processing.queue import defer, opened, sweep_now
 
     settings, ingest_settings = _settings(), IngestSettings()
     if directory is not None:
         ingest_settings = ingest_settings.model_copy(update={"inbox": Path(directory)})
-    app_q = create_queue(settings, ingest_settings)
 
     def enqueue(deliveries) -> None:
-        with app_q.open():
+        with opened(settings, ingest_settings) as app_q:
             for d in deliveries:
                 defer(app_q, d)
 
@@ -265,7 +263,7 @@ def ingest_retry(
 ) -> None:
     from ingest import receipts
     from ingest.settings import IngestSettings
-    from processing.queue import create_queue, retry, sweep_now
+    from processing.queue import opened, retry, sweep_now
 
     settings, ingest_settings = _settings(), IngestSettings()
     ids = list(receipt_ids or [])
@@ -276,8 +274,7 @@ def ingest_retry(
     report = sweep_now(settings, ingest_settings)
     for rid in report.requeued:
         out.print(f"receipt {rid}: had no job, queued again")
-    app_q = create_queue(settings, ingest_settings)
-    with app_q.open():
+    with opened(settings, ingest_settings) as app_q:
         done = retry(app_q, settings, ingest_settings, ids)
     for rid, what in done:
         out.print(f"receipt {rid}: {what}")

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import procrastinate
 import psycopg
+import psycopg_pool
 from procrastinate.exceptions import AlreadyEnqueued, ConnectorException
 from psycopg import sql
 
 from catalog.database import bounded_url, connect, resolve_urls, session
-from catalog.errors import DatabaseError
+from catalog.errors import DatabaseError, DatabaseUnavailable
 from catalog.logging import get_logger
 from catalog.settings import CatalogSettings
 from ingest import receipts
@@ -50,6 +53,7 @@ class IngestQueue(procrastinate.App):
 
     catalog: CatalogSettings
     ingest: IngestSettings
+    conninfo: str
 
 
 def create_queue(catalog: CatalogSettings | None = None, ingest: IngestSettings | None = None) -> IngestQueue:
@@ -58,7 +62,7 @@ def create_queue(catalog: CatalogSettings | None = None, ingest: IngestSettings 
     ingest = ingest or IngestSettings()
     conninfo = bounded_url(resolve_urls(catalog).ingest, catalog, max(catalog.statement_timeout_ms, 60_000))
     app = IngestQueue(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
-    app.catalog, app.ingest = catalog, ingest
+    app.catalog, app.ingest, app.conninfo = catalog, ingest, conninfo
 
     @app.task(
         name=TASK_NAME,
@@ -76,6 +80,27 @@ def create_queue(catalog: CatalogSettings | None = None, ingest: IngestSettings 
             raise TransientIngestError(str(exc), "the job is retried with backoff") from exc
 
     return app
+
+
+@contextmanager
+def opened(catalog: CatalogSettings, ingest: IngestSettings) -> Iterator[IngestQueue]:
+    """A queue opened for synchronous use whose opening is bounded: a database that is down fails within the
+    connect timeout with `DatabaseUnavailable` (procrastinate's own pool would wait 30 s)."""
+    app = create_queue(catalog, ingest)
+    pool = psycopg_pool.ConnectionPool(app.conninfo, min_size=1, max_size=2, open=False, name="landsurf-queue",
+                                       timeout=catalog.pool_timeout_s, check=psycopg_pool.ConnectionPool.check_connection)
+    try:
+        pool.open(wait=True, timeout=max(1.0, catalog.connect_timeout_s))
+    except psycopg_pool.PoolTimeout as exc:
+        pool.close()
+        raise DatabaseUnavailable("cannot reach the job queue's database",
+                                  "check LANDSURF_DATABASE_URL or run `landsurf db start`") from exc
+    try:
+        app.open(pool)
+        yield app
+    finally:
+        app.close()
+        pool.close()
 
 
 def defer(app: procrastinate.App, delivery: Delivery) -> int:

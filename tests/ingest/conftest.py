@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,21 @@ def l2a_large(tmp_path_factory) -> GeneratedProduct:
                         swath_edge=True)
 
 
+@pytest.fixture(scope="session")
+def factory_256(tmp_path_factory):
+    """Small zipped deliveries (256 px) on tile 31TCH, one day of 2023 per seed: seeds must differ between tests
+    that publish into the session database (tests/ingest: 60-99 limits/plausibility, 100-199 inbox, 200-299
+    recovery, 300-399 quicklooks, 400+ CLI)."""
+    out = tmp_path_factory.mktemp("small-deliveries")
+
+    def make(seed: int, when: datetime | None = None, version: str = "1-0", **kw) -> GeneratedProduct:
+        when = when or datetime(2023, 1, 1, 10, 40, 21, 123000, tzinfo=timezone.utc) + timedelta(days=seed)
+        return generate_l2a(out / f"{seed}-{version}-{when:%Y%m%d%H%M%S}", tile=kw.pop("tile", "31TCH"), when=when,
+                            seed=seed, size=256, version=version, **kw)
+
+    return make
+
+
 @pytest.fixture
 def product_copy(l2a_dir: GeneratedProduct, tmp_path: Path) -> Path:
     """A private copy of the folder product, for tests that damage it."""
@@ -48,3 +64,61 @@ def edit_mtd(root: Path, old: str, new: str, count: int = 1) -> Path:
     assert old in text, f"{old!r} not in {mtd.name}"
     mtd.write_text(text.replace(old, new, count))
     return mtd
+
+
+@dataclass
+class PrivateCatalog:
+    """A catalog database of its own: for tests that stop PostgreSQL or kill workers, apart from the session's."""
+
+    settings: "CatalogSettings"
+    cluster: "EmbeddedCluster"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        from tests.conftest import env_for
+
+        return env_for(self.settings, **extra)
+
+
+@pytest.fixture(scope="module")
+def private_catalog():
+    from catalog.embedded import EmbeddedCluster
+    from processing.setup import prepare_database
+    from tests.conftest import make_home, settings_for
+
+    settings = settings_for(make_home("landsurf-ingest-"), statement_timeout_ms=5000, connect_timeout_s=2)
+    cluster = EmbeddedCluster(settings)
+    cluster.start()
+    try:
+        prepare_database(settings)
+        yield PrivateCatalog(settings, cluster)
+    finally:
+        cluster.stop()
+        shutil.rmtree(settings.home, ignore_errors=True)
+
+
+def published_item(settings, product_id: str) -> dict:
+    """The one item of `product_id` in the catalog, after checking that every asset's file is in the store with
+    the size and multihash its item says."""
+    from catalog.database import session
+    from ingest.checksum import multihash
+
+    with session(settings) as conn:
+        rows = conn.execute("SELECT pgstac.get_item(id, collection) FROM pgstac.items WHERE id = %s",
+                            (product_id,)).fetchall()
+    assert len(rows) == 1, f"{product_id}: {len(rows)} items"
+    item = rows[0][0]
+    for key, asset in item["assets"].items():
+        path = settings.store_dir / asset["href"]
+        assert path.is_file(), (key, asset["href"])
+        assert path.stat().st_size == asset["file:size"], key
+        assert multihash(path) == asset["file:checksum"], key
+    return item
+
+
+def leftovers(settings, ingest_settings) -> list[str]:
+    """Whatever a dead or finished attempt could leave behind: work/, staging, set-aside directories."""
+    work = ingest_settings.work_dir(settings)
+    staging = ingest_settings.staging_dir(settings)
+    found = [str(p) for p in work.iterdir() if p.name != "done"] if work.exists() else []
+    found += [str(p) for p in staging.iterdir()] if staging.exists() else []
+    return found

@@ -54,7 +54,7 @@ def resolve_urls(settings: CatalogSettings) -> DatabaseUrls:
         admin = _checked_url(settings.database_url, "LANDSURF_DATABASE_URL")
         urls = {"admin": admin}
         for role, name in ROLE_URL_SETTINGS.items():
-            own = getattr(settings, name, None)  # settings field announced to the lead; absent: the one URL
+            own = getattr(settings, name)
             urls[role] = _checked_url(own, f"LANDSURF_{name.upper()}") if own else admin
         return DatabaseUrls(**urls)
     cluster = EmbeddedCluster(settings)

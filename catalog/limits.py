@@ -68,7 +68,7 @@ _GEOJSON_BODY = re.compile(r"/(feature|statistics)(/[^/]*)?(\.[A-Za-z0-9]+)?$")
 MAX_ZOOM = 30
 _TILE_SCALE = re.compile(r"/tiles/[^/]+/[^/]+/[^/]+/[^/@.]+@(-?\d+)x")
 _POINT = re.compile(r"/point/([^/,]+),([^/,]+)$")
-_BBOX = re.compile(r"/bbox/([^/,]+),([^/,]+),([^/,]+),([^/,]+)(?:/|\.|$)")
+_BBOX = re.compile(r"/bbox/([^/]+?)(?:\.[A-Za-z][A-Za-z0-9]*)?(?:/|$)")
 _PARTS = re.compile(r"/(bbox/[^/]+|feature)(\.[A-Za-z0-9]+)?$")
 _IMAGES = re.compile(r"^/raster/.*/(tiles/|preview|bbox/|feature|statistics|point/|map\b|[^/]*\.(png|jpe?g|webp|tif|npy|jp2))")
 _JSON_BODY = re.compile(r"json", re.I)
@@ -196,7 +196,7 @@ class RequestLimits:
         geographic = "coord_crs" not in params and "coord-crs" not in params
         for pattern, what in ((_POINT, "point"), (_BBOX, "bbox")):
             if (m := pattern.search(path)) and geographic:
-                _check_lonlat(what, [g for g in m.groups()])
+                _check_lonlat(what, ",".join(m.groups()).split(","))
         side = None
         if m := _PATH_SIZE.search(path):
             w, h = int(m.group(1)), int(m.group(2))
@@ -322,6 +322,8 @@ def _check_lonlat(what: str, values: list[str]) -> None:
         numbers = [float(v) for v in values]
     except ValueError:
         raise Exceeded(f"{what} coordinates {','.join(values)[:80]} are not numbers", code="BadRequest") from None
+    if len(numbers) not in (2, 4):
+        raise Exceeded(f"{what} needs 2 or 4 coordinates, not {len(numbers)}", code="BadRequest")
     lons, lats = numbers[0::2], numbers[1::2]
     if not all(-180 <= x <= 180 for x in lons) or not all(-90 <= y <= 90 for y in lats):
         raise Exceeded(f"{what} coordinates {','.join(values)[:80]} are outside longitude -180…180 / "

@@ -34,6 +34,10 @@ class DatabaseSettings(HomeSettings):
     database_url: str | None = Field(
         None, description="An external PostgreSQL; when set, nothing embedded is started."
     )
+    database_ingest_url: str | None = Field(
+        None, description="The ingest (writer) role's URL on an external PostgreSQL [LANDSURF_DATABASE_URL].")
+    database_api_url: str | None = Field(
+        None, description="The API (read-only) role's URL on an external PostgreSQL [LANDSURF_DATABASE_URL].")
     pg_port: int | None = Field(None, description="Port of the embedded PostgreSQL (default: a free one, kept).")
     pg_bindir: Path | None = Field(None, description="PostgreSQL server binaries (default: found).")
     pg_system_user: str = Field("landsurf-pg", description="System user that runs PostgreSQL when invoked as root.")

@@ -13,9 +13,10 @@ operator view.
 
 from __future__ import annotations
 
+import json
 import os
 from threading import Lock
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 # titiler-pgstac retries look-ups on OperationalError, which includes a cancelled statement: with
 # retries a stalled database costs (retries + 1) × the statement timeout. One attempt keeps every
@@ -23,6 +24,8 @@ from typing import Annotated, Any
 os.environ.setdefault("TITILER_PGSTAC_API_RETRY", "0")
 
 import jinja2  # noqa: E402
+import psycopg  # noqa: E402
+from cql2 import Expr  # noqa: E402
 import pystac  # noqa: E402
 from cachetools import TTLCache  # noqa: E402
 from fastapi import Depends, FastAPI, Path, Query, Request, status  # noqa: E402
@@ -39,8 +42,7 @@ from titiler.extensions import stacRenderExtension, wmtsExtension  # noqa: E402
 from titiler.mosaic.errors import MOSAIC_STATUS_CODES  # noqa: E402
 from titiler.mosaic.extensions.wmts import wmtsExtension as wmtsExtensionMosaic  # noqa: E402
 from titiler.pgstac import model  # noqa: E402
-from titiler.pgstac.dependencies import (  # noqa: E402
-    CollectionIdParams, SearchIdParams, SearchParams, get_collection_id, register_search_in_db)
+from titiler.pgstac.dependencies import SearchIdParams, SearchParams, register_search_in_db  # noqa: E402
 from titiler.pgstac.errors import PGSTAC_STATUS_CODES  # noqa: E402
 from titiler.pgstac.extensions import searchInfoExtension  # noqa: E402
 from titiler.pgstac.factory import MosaicTilerFactory  # noqa: E402
@@ -49,7 +51,7 @@ from titiler.pgstac.reader import PgSTACReader, SimpleSTACReader  # noqa: E402
 from rio_tiler import errors as rt  # noqa: E402
 
 from catalog.auth import require_role  # noqa: E402
-from catalog.errors import NotFound  # noqa: E402
+from catalog.errors import BadRequest, NotFound  # noqa: E402
 from catalog.proxy import ErrorShield  # noqa: E402
 from catalog.settings import CatalogSettings  # noqa: E402
 from catalog.store import AssetStore  # noqa: E402
@@ -134,24 +136,65 @@ def _item_dependency():
     return item_params
 
 
-def RegisteredCollectionParams(request: Request, search_id: str = Depends(CollectionIdParams)) -> str:
-    """A collection mosaic that exists: titiler-pgstac names it by hashing the request (on the read-only
-    pool that hash is computed, never stored); only mosaics registered beforehand can be drawn."""
+def collection_search(collection_id: str, *, ids: str | None = None, bbox: str | None = None,
+                      datetime: str | None = None, sortby: str | None = None, filter_expr: str | None = None,
+                      filter_lang: str = "cql2-text") -> str:
+    """The search JSON of a collection mosaic, exactly as a registration of the same parameters stores it."""
+    params: dict[str, Any] = {"collections": [collection_id]}
+    if datetime:
+        params["datetime"] = datetime
+    if ids:
+        params["ids"] = ids.split(",")
+    if bbox:
+        params["bbox"] = [float(v) for v in bbox.split(",")]
+    if sortby:
+        params["sortby"] = [{"field": f.strip().lstrip("+-"), "direction": "desc" if f.strip().startswith("-")
+                             else "asc"} for f in sortby.split(",") if f.strip()]
+    if filter_expr:
+        params["filter"] = Expr(filter_expr).to_json() if filter_lang == "cql2-text" else json.loads(filter_expr)
+        params["filter-lang"] = "cql2-json"
+    try:
+        search = model.PgSTACSearch.model_validate(params)
+    except (ValidationError, ValueError) as exc:
+        raise BadRequest(f"invalid collection mosaic parameters: {str(exc).splitlines()[0][:200]}",
+                         "see the parameters of /raster/api") from exc
+    return search.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def RegisteredCollectionParams(
+    request: Request,
+    collection_id: Annotated[str, Path(description="STAC Collection Identifier")],
+    ids: Annotated[str | None, Query(description="Comma-separated item ids")] = None,
+    bbox: Annotated[str | None, Query(description="minx,miny,maxx,maxy (WGS84)")] = None,
+    datetime: Annotated[str | None, Query(description="RFC 3339 date-time or interval")] = None,
+    sortby: Annotated[str | None, Query(description="Comma-separated fields, `-` for descending")] = None,
+    filter_expr: Annotated[str | None, Query(alias="filter", description="CQL2 filter")] = None,
+    filter_lang: Annotated[Literal["cql2-text", "cql2-json"], Query(alias="filter-lang")] = "cql2-text",
+) -> str:
+    """A collection mosaic that was registered beforehand (reads never write a search): the plain mosaic of
+    each collection is registered by `landsurf db migrate`; filtered ones by an admin."""
+    wanted = collection_search(collection_id, ids=ids, bbox=bbox, datetime=datetime, sortby=sortby,
+                               filter_expr=filter_expr, filter_lang=filter_lang)
     with request.app.state.dbpool.connection() as conn:
-        row = conn.execute("SELECT 1 FROM pgstac.searches WHERE hash = %s", (search_id,)).fetchone()
+        row = conn.execute("SELECT hash FROM pgstac.searches WHERE search = %s::jsonb "
+                           "ORDER BY lastused DESC LIMIT 1", (wanted,)).fetchone()
     if row is None:
-        raise NotFound("this collection mosaic is not registered (the plain mosaic of each collection is; "
-                       "filtered ones are registered searches)",
-                       "draw /raster/searches/{id}/… of a registered search, or ask an admin to register one "
+        raise NotFound(f"no registered mosaic of collection {collection_id!r} with these parameters",
+                       "draw a registered search (/raster/searches/{id}/…), or ask an admin to register this one "
                        "with POST /raster/searches/register")
-    return search_id
+    return row[0]
 
 
-def register_collection_mosaics(pool: ConnectionPool, collection_ids: list[str]) -> list[str]:
-    """Store the plain mosaic of each collection (what /raster/collections/{id}/… draws without filters),
-    with the hash titiler-pgstac computes for it. Idempotent; run by `landsurf db migrate`."""
-    register = getattr(get_collection_id, "__wrapped__", get_collection_id)
-    return [register(pool, cid) for cid in collection_ids]
+def register_collection_mosaics(conn: psycopg.Connection, collection_ids: list[str]) -> list[str]:
+    """Store the plain mosaic of each collection (what /raster/collections/{id}/… draws without filters).
+    Idempotent; run by `landsurf db migrate` on a writable connection."""
+    hashes = []
+    for cid in collection_ids:
+        metadata = json.dumps({"type": "mosaic", "name": f"Mosaic of collection {cid}"})
+        row = conn.execute("SELECT hash FROM pgstac.search_query(%s::jsonb, _metadata => %s::jsonb)",
+                           (collection_search(cid), metadata)).fetchone()
+        hashes.append(row[0])
+    return hashes
 
 
 def _register_route(app: FastAPI, searches: MosaicTilerFactory) -> None:
@@ -256,14 +299,3 @@ def create_tiler_app(store: AssetStore, settings: CatalogSettings) -> FastAPI:
 
     app.state.landsurf_settings = settings
     return app
-
-
-def connect_pool(url: str, settings: CatalogSettings) -> ConnectionPool:
-    """A small writable pool for `register_collection_mosaics` from the CLI."""
-    return ConnectionPool(conninfo=url, min_size=1, max_size=1, timeout=settings.pool_timeout_s, open=True,
-                          kwargs={"options": f"-c search_path=pgstac,public "
-                                             f"-c statement_timeout={settings.statement_timeout_ms}",
-                                  "connect_timeout": max(1, int(settings.connect_timeout_s)),
-                                  "autocommit": True})
-
-

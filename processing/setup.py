@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from catalog.collections import ensure_collections
-from catalog.database import migrate, resolve_urls, session
+from catalog.database import migrate, session
 from catalog.settings import CatalogSettings
 from processing.queue import ensure_schema
 
@@ -17,12 +17,8 @@ def prepare_database(settings: CatalogSettings) -> tuple[str, list[str]]:
     version = migrate(settings)
     with session(settings, "admin") as conn:
         ids = ensure_collections(conn)
-    from catalog.tiles import connect_pool, register_collection_mosaics
+        from catalog.tiles import register_collection_mosaics
 
-    pool = connect_pool(resolve_urls(settings).admin, settings)
-    try:
-        register_collection_mosaics(pool, ids)
-    finally:
-        pool.close()
+        register_collection_mosaics(conn, ids)
     ensure_schema(settings)
     return version, ids

@@ -36,10 +36,8 @@ def free_port() -> int:
 
 
 def make_home(prefix: str) -> Path:
-    """A temporary home the database user can traverse (mkdtemp makes 0700 directories)."""
-    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    home.chmod(0o755)
-    return home
+    """A temporary home, private (0700) as a newcomer's checkout usually is: the embedded launcher copes."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
 def settings_for(home: Path, **extra) -> CatalogSettings:
@@ -107,8 +105,10 @@ def catalog_settings() -> CatalogSettings:
     cluster.start()
     prepare_database(settings)
     yield settings
-    cluster.stop()
-    if not os.environ.get("LANDSURF_TEST_KEEP"):  # keep the home (logs, store) to debug a failure
+    if os.environ.get("LANDSURF_TEST_KEEP"):  # keep the home (logs, store) to debug a failure
+        cluster.stop()
+    else:  # the server files may live outside the home (/var/lib/landsurf-pg/…): destroy removes them too
+        cluster.destroy()
         shutil.rmtree(home, ignore_errors=True)
 
 

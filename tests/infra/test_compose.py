@@ -136,17 +136,6 @@ def test_only_the_api_listens_beyond_this_host(compose):
     assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and grafana["GF_USERS_ALLOW_SIGN_UP"] == "false"
 
 
-def _settings_class() -> type[CatalogSettings]:
-    if all(f in CatalogSettings.model_fields for f in ROLE_URL_SETTINGS.values()):
-        return CatalogSettings
-
-    class WithRoleUrls(CatalogSettings):  # until catalog.settings declares the per-role URLs
-        database_ingest_url: str | None = None
-        database_api_url: str | None = None
-
-    return WithRoleUrls
-
-
 def _roles_of(service: dict, env: dict[str, str], monkeypatch, tmp_path) -> dict[str, str]:
     """The login role each purpose of that service connects as, read by the code that connects."""
     environment = interpolate(service["environment"], env)
@@ -156,7 +145,7 @@ def _roles_of(service: dict, env: dict[str, str], monkeypatch, tmp_path) -> dict
         m.chdir(tmp_path)
         for key, value in environment.items():
             m.setenv(key, str(value))
-        urls = resolve_urls(_settings_class()())
+        urls = resolve_urls(CatalogSettings())
     return {purpose: urlsplit(getattr(urls, purpose)).username for purpose in ROLES}
 
 

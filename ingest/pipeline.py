@@ -76,6 +76,9 @@ def _process(catalog: CatalogSettings, settings: IngestSettings, receipt_id: int
     rec = receipts.get(catalog, receipt_id)
     if rec.status not in receipts.OPEN:
         return Outcome(receipt_id, rec.status, rec.product_id, rec.collection, rec.reason)
+    work = settings.work_dir(catalog) / f"{receipt_id}.extract"
+    staging = settings.staging_dir(catalog) / str(receipt_id)
+    _clean(work, staging, aside_dir(staging))  # leftovers of an attempt that died
     if rec.attempts >= settings.max_attempts:
         last = rec.reason or "the worker stopped while processing it (killed, out of memory, power loss?)"
         reason = (f"gave up after {rec.attempts} attempts; the last: {last} — fix the cause, then "
@@ -90,9 +93,6 @@ def _process(catalog: CatalogSettings, settings: IngestSettings, receipt_id: int
     receipts.start(catalog, receipt_id)
     rec = receipts.get(catalog, receipt_id)
     store = AssetStore.from_settings(catalog)
-    work = settings.work_dir(catalog) / f"{receipt_id}.extract"
-    staging = settings.staging_dir(catalog) / str(receipt_id)
-    _clean(work, staging, aside_dir(staging))  # leftovers of an attempt that died
     path = Path(rec.path)
     try:
         earlier = receipts.published_with_checksum(catalog, rec.checksum, exclude=receipt_id)

@@ -12,10 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from catalog.settings import CatalogSettings
 from catalog.embedded import EmbeddedCluster
 from processing.setup import prepare_database
 from tests.conftest import ROOT, settings_for
-from tests.infra.test_compose import _settings_class
 
 ROLES_SQL = ROOT / "infra" / "db-init" / "landsurf-roles.sql"
 PSQL = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
@@ -42,7 +42,7 @@ def deployed():
     assert proc.returncode == 0, proc.stderr
     base = f"127.0.0.1:{cluster.port}/landsurf"
     urls = {role: f"postgresql://landsurf_{role}:{pw}@{base}" for role, pw in passwords.items()}
-    settings = _settings_class()(home=home / "app", database_url=urls["admin"],
+    settings = CatalogSettings(home=home / "app", database_url=urls["admin"],
                                  database_ingest_url=urls["ingest"], database_api_url=urls["api"])
     prepare_database(settings)
     yield cluster, superuser, urls

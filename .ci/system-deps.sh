@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Install what a fresh Debian 12 machine lacks: PostgreSQL 15 server and PostGIS 3.
+# Install what a fresh Debian 12 machine lacks: PostgreSQL 15 server and PostGIS 3, GDAL's command-line tools.
 set -euo pipefail
 need=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
 [ -f /usr/share/postgresql/15/extension/postgis.control ] || need+=(postgresql-15-postgis-3)
 command -v runuser >/dev/null || need+=(util-linux)
+[ -x /usr/bin/gdalinfo ] || need+=(gdal-bin)  # Debian's GDAL 3.6 (QGIS's): the STACIT client test
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing Debian packages: ${need[*]} — run: sudo apt-get install -y ${need[*]}" >&2

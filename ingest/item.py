@@ -26,21 +26,12 @@ from shapely.geometry import box, shape
 from shapely.geometry.polygon import orient
 
 from catalog import __version__
-from catalog.collections import COLLECTIONS, S2_L2A, processing_software
+from catalog.collections import COLLECTIONS, EXTENSIONS as DECLARED, S2_L2A, processing_software
 from ingest.model import CogSet, L2AProduct, RasterFile
 
-EXTENSIONS = {
-    "eo": "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
-    "raster": "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
-    "proj": "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
-    "file": "https://stac-extensions.github.io/file/v2.1.0/schema.json",
-    "grid": "https://stac-extensions.github.io/grid/v1.1.0/schema.json",
-    "mgrs": "https://stac-extensions.github.io/mgrs/v1.0.0/schema.json",
-    "processing": "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
-    "version": "https://stac-extensions.github.io/version/v1.2.0/schema.json",
-    "sat": "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
-    "view": "https://stac-extensions.github.io/view/v1.0.0/schema.json",
-}
+# what an L2A item may declare (sat and view only when it has such fields), at the versions the catalog declares
+EXTENSIONS = {name: DECLARED[name] for name in ("eo", "raster", "proj", "file", "grid", "mgrs", "processing",
+                                                 "version", "sat", "view")}
 S2_RELATIVE_ORBITS = 143
 MAX_VERTICES = 1000
 FOOTPRINT_PIXELS = 256  # the valid-data mask is polygonised at about this size: a few hundred vertices at most
@@ -87,6 +78,7 @@ def _properties(product: L2AProduct, processing_version: str, stamp: datetime) -
         "mgrs:latitude_band": tile[2],
         "mgrs:grid_square": tile[3:],
         "proj:code": f"EPSG:{product.epsg}",
+        "proj:epsg": int(product.epsg),
         "processing:level": product.level,
         "processing:software": processing_software(),
         "processing:version": processing_version,

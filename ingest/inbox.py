@@ -204,8 +204,7 @@ def take_from_inbox(catalog: CatalogSettings, settings: IngestSettings, path: Pa
     claim left by a process killed meanwhile is put back by `recover_claims`.
     """
     st = os.lstat(path)
-    reason, tree = refusal(path, st, settings)
-    sig = None if reason else signature(path, st)
+    sig = signature(path, st, settings.max_entries) if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else None
     claim_name = f"{CLAIM_PREFIX}{uuid.uuid4().hex}"
     claim = settings.work_dir(catalog) / claim_name
     with receipts.taking(catalog, claim_name):
@@ -217,6 +216,8 @@ def take_from_inbox(catalog: CatalogSettings, settings: IngestSettings, path: Pa
             return None  # another watcher took it, or it vanished
         held = claim / path.name
         try:
+            st = os.lstat(held)  # ours now: whatever it holds cannot change under us any more (but by its writer)
+            reason, tree = refusal(held, st, settings)
             if reason is not None:
                 return _refuse(catalog, settings, held, path, st, tree, reason)
             digest, size = (tree.content_checksum(), tree.size) if tree is not None else (multihash(held), st.st_size)

@@ -358,3 +358,31 @@ def test_inbox_state_for_health_and_metrics(private_catalog, ingest_settings):
     watcher._stopped()
     assert asyncio.run(state())["watcher"]["state"] == "stopped"
     (inbox_dir / "uploading.zip").unlink()
+
+
+def test_folder_deliveries_through_the_inbox(private_catalog, ingest_settings, tmp_path):
+    """A folder with its `.done` marker is taken and published; one holding a link is refused, moved aside whole."""
+    from datetime import datetime, timezone
+
+    from ingest.generate import generate_l2a
+
+    catalog = private_catalog.settings
+    inbox_dir = ingest_settings.inbox_dir(catalog)
+    good = generate_l2a(tmp_path / "a", "31TCH", datetime(2023, 10, 1, 10, 40, 21, 123000, tzinfo=timezone.utc),
+                        seed=150, size=128, as_zip=False)
+    bad = generate_l2a(tmp_path / "b", "31TCH", datetime(2023, 10, 2, 10, 40, 21, 123000, tzinfo=timezone.utc),
+                       seed=151, size=128, as_zip=False)
+    (bad.path / "MASKS" / "escape").symlink_to("/etc/passwd")
+    shutil.copytree(good.path, inbox_dir / good.path.name)
+    (inbox_dir / f"{good.path.name}.done").write_text("")
+    shutil.copytree(bad.path, inbox_dir / bad.path.name, symlinks=True)
+    inbox = Inbox(catalog, ingest_settings)
+    found = {d.name: d for d in scan_until_quiet(inbox, 3)}
+    assert found[good.path.name].status == "received" and found[bad.path.name].status == "quarantined"
+    assert not any(inbox_dir.iterdir())  # marker removed with its folder
+    rec = receipts.get(catalog, found[bad.path.name].receipt_id)
+    assert rec.reason.startswith("the delivery holds a symbolic link: MASKS/escape")
+    assert (ingest_settings.quarantine_dir(catalog) / f"{rec.id}-{bad.path.name}" / "MASKS" / "escape").is_symlink()
+    outcome = process(catalog, ingest_settings, found[good.path.name].receipt_id)
+    assert outcome.status == "published", outcome
+    published_item(catalog, good.product_id)

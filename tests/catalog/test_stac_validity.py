@@ -318,8 +318,8 @@ def test_landing_page_links_to_the_tiles_api(api):
     assert next(ln for ln in links if ln["rel"] == "service-desc")["href"] == api.url + "/api"  # STAC's first
     desc = next(ln for ln in tiles if ln["rel"] == "service-desc")
     assert "/collections/{collection_id}/items/{item_id}" in json.dumps(get(desc["href"]).json()["paths"])
-    for ln in tiles:
-        get(ln["href"])
+    for ln in tiles:  # each answers with the type its link announces
+        assert get(ln["href"]).headers["content-type"].split(";")[0] == ln["type"], ln
 
 
 def test_items_link_to_their_tiles_and_preview(api, served, catalog_settings):
@@ -365,6 +365,21 @@ KNOWN = {
     "limit": re.compile(r"^\[Item Search\] : (GET|POST) \S+ params=(\{'limit': \d+\}|None) body=(\{\"limit\": "
                         r"\d+\})? had unexpected status code 400 instead of 200"),
 }
+
+
+def test_the_offline_stac_validator_validates_extensions(served, monkeypatch):
+    """What the validator run below relies on: stac-validator, offline, checks every declared extension."""
+    import socket
+
+    from tests.schemas import offline_validator
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline_validator._loopback_only)
+    item = json.loads(json.dumps(served[0]))
+    check = offline_validator.OfflineStacValidate(links=False, assets=False)
+    assert check.validate_dict(item), check.message
+    item["assets"]["FRE_B5"]["eo:bands"][0]["common_name"] = "rededge071"
+    check = offline_validator.OfflineStacValidate(links=False, assets=False)
+    assert not check.validate_dict(item) and "rededge071" in json.dumps(check.message)
 
 
 def test_stac_api_validator_offline(api, published_items):

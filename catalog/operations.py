@@ -38,12 +38,15 @@ async def inbox_state(conn: Any, *, stale_after_s: float = WATCHER_STALE_S,
     state = "running" if live else "dead" if dead else "stopped" if watchers else "none"
     shown = live or dead or watchers
     ages = [w["oldest_untaken_age_s"] for w in (live or dead) if w["oldest_untaken_age_s"] is not None]
+    untaken: dict[str, int] = {}  # watchers of one inbox see the same entries: the largest count per inbox
+    for w in live or dead:
+        untaken[w["inbox"]] = max(untaken.get(w["inbox"], 0), w["untaken"])
     watcher = {
         "state": state,
         "running": bool(live),
         "heartbeat_age_s": _round(shown[0]["heartbeat_age_s"]) if shown else None,
         "inbox": shown[0]["inbox"] if shown else None,
-        "untaken": sum(w["untaken"] for w in (live or dead)),
+        "untaken": sum(untaken.values()),
         "oldest_untaken_age_s": _round(max(ages)) if ages else None,
         "taken": sum(w["taken"] for w in (live or dead)),
         "refused": sum(w["refused"] for w in (live or dead)),

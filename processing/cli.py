@@ -140,7 +140,7 @@ def ingest_add(
     from ingest import receipts
     from ingest.inbox import take
     from ingest.settings import IngestSettings
-    from processing.queue import create_queue, defer, opened, run_worker
+    from processing.queue import create_queue, defer, job_states, opened, run_worker
 
     settings, ingest_settings = _settings(), IngestSettings()
     missing = [a for a in paths if not Path(a).exists()]
@@ -151,8 +151,8 @@ def ingest_add(
         for a in paths:
             delivery = take(settings, ingest_settings, Path(a))
             taken.append(delivery)
-            if delivery.status == "quarantined":
-                continue
+            if delivery.status == "quarantined" or job_states(settings, [delivery.receipt_id]):
+                continue  # refused outright, or joined a receipt whose job is already live
             defer(app_q, delivery)
             if queue:
                 out.print(f"queued {delivery.name} (receipt {delivery.receipt_id})")

@@ -317,6 +317,7 @@ def test_concurrent_one_shot_ingests_of_one_file(private_catalog, factory_256):
                             (made.path.name,)).fetchall()
     statuses = [s for _, s, _ in rows]
     assert statuses in (["published"], ["published", "duplicate"]), rows  # joined, or a plain re-delivery
+    assert job_states(private_catalog.settings, [rid for rid, _, _ in rows]) == {}  # no stray job left behind
     published_item(private_catalog.settings, made.product_id)
     assert made.path.exists()
     work = IngestSettings().work_dir(private_catalog.settings)

@@ -5,8 +5,8 @@ interleaved rounds; products/min with 1 and 2 workers; the recovery time of a de
     .venv/bin/python -m bench.ingest_bench --size 2196 --small 512      # a quick run of the same steps
 
 - floor: `bench.ingest_cog_bench`'s floor — GDAL's COG driver writing the product's rasters the way the pipeline
-  does (same sources, options and threads, each COG encoded in memory, then written and fsynced), one after another,
-  from the extracted TIFFs, nothing else;
+  does (same sources, options and threads, each COG encoded in memory, then written, without fsync), one after
+  another, from the extracted TIFFs, nothing else;
 - drop → searchable: in a child process, on a fresh catalog, the zip lying in the inbox is taken as the watcher
   takes it (claim rename, SHA-256, receipt) and processed as a worker does (unzip with its checks and limits, read
   and validate, COGs with SHA-256 and validation, re-encoded quicklook, item, publication); the clock stops when

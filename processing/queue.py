@@ -144,6 +144,9 @@ def ensure_schema(catalog: CatalogSettings) -> bool:
             conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(who))
             conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(who))
             conn.execute(sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {}").format(who))
+        api_user = urlsplit(urls.api).username
+        if api_user and api_user != user:  # /health and /metrics count receipts left without a live job
+            conn.execute(sql.SQL("GRANT SELECT ON public.procrastinate_jobs TO {}").format(sql.Identifier(api_user)))
     return not installed
 
 # ------------------------------------------------------------------------------------------------ the sweep

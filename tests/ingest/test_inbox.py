@@ -350,6 +350,7 @@ def test_inbox_state_for_health_and_metrics(private_catalog, ingest_settings):
     assert gauges["landsurf_inbox_watcher_up"] == 1 and gauges["landsurf_inbox_untaken"] == 1
     assert gauges["landsurf_inbox_oldest_untaken_seconds"] >= 1.0
     assert set(running["deliveries"]) >= {"counts", "open", "oldest_open_age_s", "failed", "stranded"}
+    assert isinstance(running["deliveries"]["stranded"], int)  # the API role may read the job table
     with session(catalog) as conn:  # the watcher dies without a word: its heartbeat ages
         conn.execute("UPDATE landsurf.inbox_watchers SET heartbeat_at = now() - interval '10 minutes' "
                      "WHERE id = %s", (watcher.id,))
@@ -359,6 +360,21 @@ def test_inbox_state_for_health_and_metrics(private_catalog, ingest_settings):
     watcher._stopped()
     assert asyncio.run(state())["watcher"]["state"] == "stopped"
     (inbox_dir / "uploading.zip").unlink()
+    from ingest.model import Delivery  # a receipt without a job: stranded, and the state says so
+
+    rid = receipts.record(catalog, Delivery(inbox_dir / "lost.zip", "lost.zip", "1220ff", 1))
+
+    async def strict() -> dict:
+        conn = await asyncpg.connect(resolve_urls(catalog).api)
+        try:
+            return await inbox_state(conn, stranded_after_s=0)
+        finally:
+            await conn.close()
+
+    lost = asyncio.run(strict())
+    assert lost["deliveries"]["stranded"] >= 1 and not lost["ok"]
+    assert inbox_gauges(lost)["landsurf_deliveries_stranded"] >= 1
+    receipts.finish(catalog, rid, "failed", reason="test: no delivery behind it")
 
 
 def test_folder_deliveries_through_the_inbox(private_catalog, ingest_settings, tmp_path):

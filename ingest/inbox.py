@@ -24,6 +24,7 @@ of the same bytes while the first is still open joins its receipt (the delivery 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -329,6 +330,7 @@ def _refuse(catalog: CatalogSettings, settings: IngestSettings, held: Path, sour
         qdir = settings.quarantine_dir(catalog)
         qdir.mkdir(parents=True, exist_ok=True)
         target = qdir / f"{receipt_id}-{source.name}"
+        write_reason(qdir, target.name, receipt_id, reason)
         try:
             os.rename(held, target)
         except OSError:  # quarantine on another filesystem
@@ -339,7 +341,6 @@ def _refuse(catalog: CatalogSettings, settings: IngestSettings, held: Path, sour
                 target = None
         if held.parent.name.startswith(CLAIM_PREFIX):
             shutil.rmtree(held.parent, ignore_errors=True)
-        write_reason(qdir, f"{receipt_id}-{source.name}", receipt_id, reason)
         where = str(target) if target else None
     receipts.finish(catalog, receipt_id, "quarantined", reason=reason, path=where)
     log.warning("delivery refused", receipt=receipt_id, delivery=source.name, reason=reason)
@@ -355,6 +356,14 @@ def resume_take(catalog: CatalogSettings, settings: IngestSettings, rec: receipt
         return rec
     if os.path.lexists(target):  # renamed or copied, the path not yet recorded
         receipts.moved(catalog, rec.id, str(target))
+        return receipts.get(catalog, rec.id)
+    quarantined = settings.quarantine_dir(catalog) / f"{rec.id}-{rec.name}"
+    if os.path.lexists(quarantined):  # moved to quarantine, the receipt not updated (database lost meanwhile)
+        try:
+            reason = json.loads(quarantined.with_name(quarantined.name + ".reason.json").read_text())["reason"]
+        except (OSError, ValueError, KeyError):
+            reason = "quarantined (its reason could not be read back)"
+        receipts.finish(catalog, rec.id, "quarantined", reason=reason, path=str(quarantined))
         return receipts.get(catalog, rec.id)
     src = Path(rec.path)
     if os.path.lexists(src) and src.parent.name.startswith(CLAIM_PREFIX):  # killed after its receipt

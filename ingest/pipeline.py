@@ -53,10 +53,10 @@ def quarantine(catalog: CatalogSettings, settings: IngestSettings, receipt_id: i
     qdir = settings.quarantine_dir(catalog)
     qdir.mkdir(parents=True, exist_ok=True)
     target = qdir / f"{receipt_id}-{path.name}"
+    write_reason(qdir, target.name, receipt_id, reason)  # first: a delivery in quarantine always has its reason
     if os.path.lexists(path) and _in_work(settings, catalog, path):
         shutil.move(str(path), target)
         _remove_receipt_dir(path)
-    write_reason(qdir, target.name, receipt_id, reason)
     return target
 
 
@@ -86,8 +86,8 @@ def _process(catalog: CatalogSettings, settings: IngestSettings, receipt_id: int
         receipts.finish(catalog, receipt_id, "failed", reason=reason)
         log.error("delivery failed", receipt=receipt_id, delivery=rec.name, reason=reason)
         return Outcome(receipt_id, "failed", reason=reason)
-    if Path(rec.path).parent != settings.work_dir(catalog) / str(receipt_id):
-        rec = resume_take(catalog, settings, rec)  # a crash between receipt and rename or copy
+    if Path(rec.path).parent != settings.work_dir(catalog) / str(receipt_id) or not os.path.lexists(rec.path):
+        rec = resume_take(catalog, settings, rec)  # a crash between receipt and rename, copy or quarantine
         if rec.status not in receipts.OPEN:
             return Outcome(receipt_id, rec.status, reason=rec.reason)
     receipts.start(catalog, receipt_id)
@@ -232,6 +232,14 @@ def _in_work(settings: IngestSettings, catalog: CatalogSettings, path: Path) -> 
 
 
 def _discard(catalog: CatalogSettings, settings: IngestSettings, path: Path, keep: bool = False) -> None:
+    """The delivery is decided: its copy in work/ goes (or to work/done). A failure here changes no outcome."""
+    try:
+        _discard_now(catalog, settings, path, keep)
+    except OSError as exc:
+        log.warning("delivery left in work/", path=str(path), error=str(exc))
+
+
+def _discard_now(catalog: CatalogSettings, settings: IngestSettings, path: Path, keep: bool) -> None:
     if not _in_work(settings, catalog, path) or not os.path.lexists(path):
         return
     if keep:

@@ -25,8 +25,6 @@ from ingest.tiff import describe_bytes
 
 REDELIVER = "ask the producer to deliver the product again"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
-
-
 RATIO_FLOOR = 1 << 20  # ratios of smaller sizes say nothing (a 10 kB mask may compress 500:1)
 
 

@@ -248,3 +248,18 @@ def test_one_shot_exit_codes_and_queue_only(private_catalog, factory_256, tmp_pa
     assert next(r for r in status if r["id"] == rid)["job"] == "todo"
     assert cli(private_catalog, "worker", "--once").returncode == 0
     assert receipts.get(private_catalog.settings, rid).status == "published"
+
+
+def test_a_quarantine_whose_receipt_was_not_updated_is_recorded_by_the_retry(catalog_settings, tmp_path):
+    """The database went away between the move to quarantine and the receipt's update: the retry finds the
+    delivery in quarantine with its reason and records it, instead of looking for it in vain."""
+    from ingest.pipeline import quarantine
+
+    settings = IngestSettings()
+    bad = tmp_path / "SENTINEL2A_20230701-104021-123_L2A_T31TCH_C_V1-0.zip"
+    bad.write_bytes(b"not a zip")
+    delivery = take(catalog_settings, settings, bad)
+    quarantine(catalog_settings, settings, delivery.receipt_id, delivery.path, "not a zip archive (recorded late)")
+    assert receipts.get(catalog_settings, delivery.receipt_id).status == "received"
+    outcome = process(catalog_settings, settings, delivery.receipt_id)
+    assert (outcome.status, outcome.reason) == ("quarantined", "not a zip archive (recorded late)")

@@ -88,7 +88,8 @@ def opened(catalog: CatalogSettings, ingest: IngestSettings) -> Iterator[IngestQ
     connect timeout with `DatabaseUnavailable` (procrastinate's own pool would wait 30 s)."""
     app = create_queue(catalog, ingest)
     pool = psycopg_pool.ConnectionPool(app.conninfo, min_size=1, max_size=2, open=False, name="landsurf-queue",
-                                       timeout=catalog.pool_timeout_s, check=psycopg_pool.ConnectionPool.check_connection)
+                                       timeout=catalog.pool_timeout_s,
+                                       check=psycopg_pool.ConnectionPool.check_connection)
     try:
         pool.open(wait=True, timeout=max(1.0, catalog.connect_timeout_s))
     except psycopg_pool.PoolTimeout as exc:

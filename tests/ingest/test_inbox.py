@@ -21,7 +21,7 @@ import pytest
 from catalog.database import resolve_urls, session
 from catalog.operations import inbox_gauges, inbox_state
 from ingest import receipts
-from ingest.inbox import CLAIM_PREFIX, Inbox, recover_claims, take
+from ingest.inbox import CLAIM_PREFIX, Inbox, recover_claims
 from ingest.pipeline import process
 from ingest.settings import IngestSettings
 from ingest.watch import Watcher
@@ -89,7 +89,8 @@ def test_a_symlink_to_a_good_delivery_is_refused_once_and_its_target_left_alone(
 
 def test_a_fifo_is_refused_without_being_opened(private_catalog, ingest_settings):
     os.mkfifo(ingest_settings.inbox_dir(private_catalog.settings) / "pipe.zip")
-    refused_once(private_catalog, ingest_settings, "pipe.zip", "the delivery is a FIFO, neither a zip file nor a folder")
+    refused_once(private_catalog, ingest_settings, "pipe.zip",
+                 "the delivery is a FIFO, neither a zip file nor a folder")
 
 
 def test_a_socket_is_refused(private_catalog, ingest_settings, monkeypatch):

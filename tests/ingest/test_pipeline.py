@@ -88,7 +88,8 @@ def test_inbox_queue_worker_publish_end_to_end(api, catalog_settings, ingest_set
         assert len(body) == asset["file:size"]
     local = catalog_settings.store_dir / item["assets"]["FRE_B4"]["href"].split("/download/", 1)[1]
     assert cog_validate(str(local))[0]
-    statuses = json.loads(httpx.get(api.url + "/deliveries", headers={"Authorization": f"Bearer {operator_token}"}).text)
+    operator = {"Authorization": f"Bearer {operator_token}"}
+    statuses = json.loads(httpx.get(api.url + "/deliveries", headers=operator).text)
     assert statuses["deliveries"][0]["status"] == "published"
 
 

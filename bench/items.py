@@ -198,9 +198,17 @@ def _band_fields(collection: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _assets(collection: str, item_id: str, tile: str, day: date, base_url: str, h: int,
+def asset_href(collection: str, tile: str, day: date, item_id: str, file: str, base_url: str | None = None) -> str:
+    """Where an asset is: its store path (`{collection}/{tile}/{yyyy}/{mm}/{id}/{file}`, what the catalog keeps
+    since hrefs are rendered at response time), or with `base_url` the absolute download URL that items carried
+    before (`{base_url}/download/{store path}`)."""
+    rel = f"{collection}/{tile}/{day.year}/{day.month:02d}/{item_id}/{file}"
+    return rel if base_url is None else f"{base_url.rstrip('/')}/download/{rel}"
+
+
+def _assets(collection: str, item_id: str, tile: str, day: date, base_url: str | None, h: int,
             bands: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    prefix = f"{base_url}/download/{collection}/{tile}/{day.year}/{day.month:02d}/{item_id}/{item_id}_"
+    prefix = asset_href(collection, tile, day, item_id, f"{item_id}_", base_url)
     out = {}
     for i, (key, (suffix, mtype, roles, title, size)) in enumerate(ASSETS[collection].items()):
         digest = hashlib.sha256(f"{item_id}/{key}".encode()).hexdigest()
@@ -213,7 +221,7 @@ def _assets(collection: str, item_id: str, tile: str, day: date, base_url: str, 
 
 
 def _item(ctx: _Ctx, collection: str, item_id: str, day: date, props: dict[str, Any], h: int,
-          base_url: str, bands: dict[str, dict[str, Any]]) -> dict[str, Any]:
+          base_url: str | None, bands: dict[str, dict[str, Any]]) -> dict[str, Any]:
     t, _, _, _, c = ctx
     created = f"{day + timedelta(days=1 + h % 3)}T{(h >> 20) % 24:02d}:{(h >> 25) % 60:02d}:00Z"
     props.update(c["props"])
@@ -226,7 +234,7 @@ def _item(ctx: _Ctx, collection: str, item_id: str, day: date, props: dict[str, 
 
 
 def _acquisitions(tiles_: Iterable[Tile], start: date, end: date, every_days: int, seed: int,
-                  level: str, collection: str, base_url: str) -> Iterator[dict[str, Any]]:
+                  level: str, collection: str, base_url: str | None) -> Iterator[dict[str, Any]]:
     ctxs = [_tile_ctx(t, seed) for t in tiles_]
     bands = _band_fields(collection)
     for k in range((end - start).days // every_days + 1):
@@ -251,20 +259,20 @@ def _acquisitions(tiles_: Iterable[Tile], start: date, end: date, every_days: in
 
 
 def l2a_items(tiles: Iterable[Tile], start: date, end: date, every_days: int = 5, seed: int = 0,
-              base_url: str = "http://127.0.0.1:8000") -> Iterator[dict[str, Any]]:
+              base_url: str | None = None) -> Iterator[dict[str, Any]]:
     """Collection sentinel2-l2a: one item per tile every `every_days`, in date order (partition-friendly)."""
     return _acquisitions(tiles, start, end, every_days, seed, "L2A", "sentinel2-l2a", base_url)
 
 
 def snow_items(tiles: Iterable[Tile], start: date, end: date, every_days: int = 5, seed: int = 0,
-               base_url: str = "http://127.0.0.1:8000") -> Iterator[dict[str, Any]]:
+               base_url: str | None = None) -> Iterator[dict[str, Any]]:
     """Collection sentinel2-snow on the mountain tiles; same acquisitions (time, cloud) as the L2A items."""
     mountains = [t for t in tiles if is_mountain(t)]
     return _acquisitions(mountains, start, end, every_days, seed, "L2B-SNOW", "sentinel2-snow", base_url)
 
 
 def l3a_items(tiles: Iterable[Tile], start: date, end: date, seed: int = 0,
-              base_url: str = "http://127.0.0.1:8000") -> Iterator[dict[str, Any]]:
+              base_url: str | None = None) -> Iterator[dict[str, Any]]:
     """Collection sentinel2-l3a: a monthly composite per tile dated the 15th, window +/- 23 days."""
     ctxs = [_tile_ctx(t, seed) for t in tiles]
     bands = _band_fields("sentinel2-l3a")

@@ -1,12 +1,12 @@
 """Search workloads and their measurement, independent of how the servers were started.
 
-The same seeded request bodies go to the STAC API over HTTP and to `pgstac.search()` over SQL, so the two
-latencies compare like with like. Latency runs time the requests only, not the client's JSON parsing;
-throughput times whole requests. Usage:
+The same seeded request bodies go to every STAC API over HTTP and to the database over SQL
+(`bench.catalog_sql`), so the latencies compare like with like. Latency runs time the requests only, not
+the client's JSON parsing; throughput times whole requests. Usage:
 
     scope = Scope.from_tiles(tiles, date(2016, 7, 1), date(2024, 12, 31))
     http_latency("http://127.0.0.1:8081", QUERIES["a"](scope))
-    sql_latency("postgresql://...", QUERIES["c"](scope), runs=8)
+    throughput("http://127.0.0.1:8081", QUERIES["a"](scope), concurrency=8, duration_s=20)
 """
 
 from __future__ import annotations
@@ -188,31 +188,31 @@ def http_latency(base_url: str, builder: Query, runs: int = 30, warmup: int = 1,
     return asyncio.run(_latency(base_url, builder, runs, warmup, seed, timeout_s))
 
 
-def sql_latency(dsn: str, builder: Query, runs: int = 30, warmup: int = 1, seed: int = 0) -> dict[str, float]:
-    """The same bodies through `pgstac.search()` on one connection; pages by the token in the `next` link."""
-    import psycopg
+def _page_token(link: Body | None) -> str | None:
+    """The `next:` token of a pgSTAC next link (in its href, or in a POST body), ready for a search body."""
+    if link is None:
+        return None
+    token = (link.get("body") or {}).get("token") or parse_qs(urlsplit(link["href"]).query).get("token", [None])[0]
+    if not token:
+        return None
+    return token if token.startswith(("next:", "prev:")) else f"next:{token}"
 
-    rng, times, counts = random.Random(seed), [], []
-    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute("set search_path to pgstac, public")  # pgstac's functions resolve their tables through it
-        for i in range(warmup + runs):
-            body, spent, n = builder(rng), 0.0, 0
-            for _ in range(MAX_PAGES):
-                t0 = time.perf_counter()
-                cur.execute("select pgstac.search(%s::jsonb)::text", (json.dumps(body),))
-                row = cur.fetchone()
-                spent += time.perf_counter() - t0
-                page = json.loads(row[0]) if row else {"features": []}
-                n += len(page["features"])
-                link = _next_link(page)
-                token = parse_qs(urlsplit(link["href"]).query).get("token", [None])[0] if link else page.get("next")
-                if not builder.follow_next or not token:
-                    break
-                body = {**body, "token": token if token.startswith("next:") else f"next:{token}"}
-            if i >= warmup:
-                times.append(spent)
-                counts.append(n)
-    return _summary(times, counts)
+
+def search_pages(base_url: str, body: Body, follow: bool, timeout_s: float = 300) -> list[Body]:
+    """Every page of one POST /search (only the first unless `follow`), for checks rather than timing."""
+    _require_loopback(base_url)
+    pages: list[Body] = []
+    method, href, payload = "POST", f"{base_url.rstrip('/')}/search", body
+    with httpx.Client(timeout=timeout_s) as client:
+        for _ in range(MAX_PAGES):
+            r = client.request(method, href, json=payload)
+            r.raise_for_status()
+            pages.append(r.json())
+            link = _next_link(pages[-1])
+            if not follow or link is None:
+                return pages
+            method, href, payload = _follow(link, payload or body)
+    raise RuntimeError(f"more than {MAX_PAGES} pages for {body}")
 
 
 async def _throughput(base_url: str, builder: Query, concurrency: int, duration_s: float, max_requests: int,

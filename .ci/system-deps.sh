@@ -6,6 +6,7 @@ need=()
 [ -f /usr/share/postgresql/15/extension/postgis.control ] || need+=(postgresql-15-postgis-3)
 command -v runuser >/dev/null || need+=(util-linux)
 [ -x /usr/bin/gdalinfo ] || need+=(gdal-bin)  # Debian's GDAL 3.6 (QGIS's): the STACIT client test
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)  # the reverse-proxy tests (infra/nginx), started by the tests
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing Debian packages: ${need[*]} — run: sudo apt-get install -y ${need[*]}" >&2

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Literal
 
@@ -40,6 +39,7 @@ from catalog.errors import DatabaseUnavailable, LandsurfError, SchemaMismatch
 from catalog.limits import RenderSlots, RequestLimits
 from catalog.logging import get_logger
 from catalog.metrics import Metrics
+from catalog.openapi import complete_path_parameters, serve_with_public_servers
 from catalog.proxy import ErrorShield, PublicUrl
 from catalog.settings import CatalogSettings
 from catalog.stac import LandsurfClient
@@ -106,30 +106,6 @@ async def _domain_error(request: Request, exc: LandsurfError) -> JSONResponse:
         headers = {"Retry-After": "5"}
     return JSONResponse(status_code=exc.http_status, headers=headers,
                         content=_error_body(type(exc).__name__, str(exc)))
-
-
-def complete_path_parameters(app: FastAPI) -> None:
-    """Declare in the OpenAPI document every `{name}` of a path that an operation forgot (stac-fastapi's
-    bulk_items omits `collection_id`), so that clients and fuzzers generated from it are right."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        for path, operations in schema.get("paths", {}).items():
-            names = re.findall(r"{(\w+)(?::\w+)?}", path)
-            for operation in operations.values():
-                if not isinstance(operation, dict):
-                    continue
-                params = operation.setdefault("parameters", [])
-                declared = {p.get("name") for p in params if p.get("in") == "path"}
-                params.extend({"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                              for n in names if n not in declared)
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -252,7 +228,9 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
                           extensions=landsurf_extensions(stac_settings, store), lifespan=lifespan)
     app = api.app
     add_error_handlers(app)
-    complete_path_parameters(app)
+    for documented in (app, tiler):
+        complete_path_parameters(documented)
+        serve_with_public_servers(documented)
 
     # stac-fastapi's Brotli would re-compress PNG tiles and files; titiler compresses what it should.
     # Its ProxyHeaderMiddleware believes Forwarded/X-Forwarded-* from anyone: PublicUrl replaces it.
@@ -262,7 +240,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
         for m in app.user_middleware if m.cls is not ProxyHeaderMiddleware
     ]
     app.mount("/raster", MountedRootPath(tiler), name="raster")
-    add_download_route(app, store)
+    add_download_route(app, store, settings.accel_redirect)
     operator = Depends(require_role("operator"))
 
     @app.get("/health", tags=["Health"])

@@ -46,7 +46,7 @@ def _bounds(s: HttpSettings) -> dict[str, Bound]:
         "width": image, "height": image, "max_size": image,
         "tilesize": Bound(1, s.max_tile_size, "LANDSURF_MAX_TILE_SIZE"),
         "buffer": Bound(0, 64, "fixed"), "padding": Bound(0, 64, "fixed"),
-        "limit": Bound(1, s.max_limit, "LANDSURF_MAX_LIMIT"),
+        "limit": Bound(1, s.max_limit, "LANDSURF_MAX_LIMIT"),  # over the maximum: clamped before this check
         "offset": Bound(0, 1_000_000, "fixed"),
         "items_limit": Bound(1, 100, "fixed"), "scan_limit": Bound(1, 10_000, "fixed"),
         "time_limit": Bound(0, 10, "fixed"),
@@ -61,6 +61,7 @@ COUNT_SETTING = {"max_assets": "LANDSURF_MAX_ASSETS", "max_ids": "LANDSURF_MAX_I
 TEXT = ("filter", "query", "intersects", "expression", "asset_expression", "colormap", "algorithm_params",
         "q", "datetime", "bbox", "fields", "sortby", "rescale", "bidx", "histogram_range")
 JSON_PARAMS = ("query", "intersects", "colormap", "algorithm_params")
+OBJECT_PARAMS = ("query", "intersects", "algorithm_params")
 
 _PATH_SIZE = re.compile(r"/(-?\d+)x(-?\d+)(?:\.[A-Za-z0-9]+)?$")
 _TILE = re.compile(r"/tiles/[^/]+/(-?\d+)/(-?\d+)/(-?\d+)(?:@|\.|/|$)")
@@ -126,6 +127,8 @@ class RequestLimits:
             scope = self._check_url(scope)
             if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
                 body = await self._read_body(scope, receive)
+                scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + [
+                    (b"content-length", str(len(body)).encode())]
                 receive = _replay(body, receive)
         except Exceeded as exc:
             status = exc.status
@@ -141,6 +144,12 @@ class RequestLimits:
             raise Exceeded(f"the URL is {len(path) + len(query)} bytes long, over the maximum of "
                            f"{self.s.max_url_bytes} (LANDSURF_MAX_URL_BYTES); send large searches as POST /search")
         params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        if any(name == "limit" and _over(value, self.s.max_limit) for name, value in params):
+            # OGC API Features: a limit over the maximum is no error, the maximum is served instead
+            params = [(n, str(self.s.max_limit) if n == "limit" and _over(v, self.s.max_limit) else v)
+                      for n, v in params]
+            query = urlencode(params).encode("latin-1")
+            scope["query_string"] = query
         counts: dict[str, int] = {}
         for name, value in params:
             key = name.lower()
@@ -186,6 +195,13 @@ class RequestLimits:
             if (d := json_depth(value)) > limit:
                 raise Exceeded(f"`{key}` nests {d} levels deep, over the maximum of {limit}"
                                + (" (LANDSURF_MAX_FILTER_DEPTH)" if key == "filter" else ""))
+            if key in OBJECT_PARAMS or key == "filter":
+                try:
+                    parsed = orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    raise Exceeded(f"`{key}` is not valid JSON", code="BadRequest") from None
+                if not isinstance(parsed, dict):
+                    raise Exceeded(f"`{key}` must be a JSON object", code="BadRequest")
         elif key == "filter" and (d := paren_depth(value)) > self.s.max_filter_depth:
             raise Exceeded(f"`filter` nests {d} parentheses deep, over the maximum of {self.s.max_filter_depth} "
                            "(LANDSURF_MAX_FILTER_DEPTH)")
@@ -257,24 +273,25 @@ class RequestLimits:
                 raise Exceeded("the JSON body is not an object", code="BadRequest")
             route = get_route_path(scope)
             if route.endswith(("/search", "/searches/register")):
-                self._check_search(route, body)
+                body = self._check_search(route, body)
             elif route.startswith("/raster/") and _GEOJSON_BODY.search(route):
                 _check_areas(body)
         return body
 
-    def _check_search(self, path: str, body: bytes) -> None:
+    def _check_search(self, path: str, body: bytes) -> bytes:
         if path.endswith("/register") and len(body) > 4 * self.s.max_filter_bytes:
             raise Exceeded(f"a registered search is {len(body)} bytes, over the maximum of "
                            f"{4 * self.s.max_filter_bytes} (4 × LANDSURF_MAX_FILTER_BYTES)")
         try:
             search = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return  # the route's validation says what is wrong with it
+            return body  # the route's validation says what is wrong with it
         if not isinstance(search, dict):
-            return
+            return body
         limit = search.get("limit")
-        if isinstance(limit, (int, float)) and not 1 <= limit <= self.s.max_limit:
-            raise Exceeded(f"`limit`={limit} is outside 1…{self.s.max_limit} (LANDSURF_MAX_LIMIT)")
+        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > self.s.max_limit:
+            search["limit"] = self.s.max_limit  # served at the maximum, as OGC API Features requires
+            body = orjson.dumps(search)
         for key in ("ids", "collections"):
             if isinstance(search.get(key), list) and len(search[key]) > self.s.max_ids:
                 raise Exceeded(f"{len(search[key])} `{key}`, over the maximum of {self.s.max_ids} (LANDSURF_MAX_IDS)")
@@ -297,6 +314,7 @@ class RequestLimits:
             for key in ("include", "exclude"):
                 if isinstance(fields.get(key), list) and len(fields[key]) > MAX_LIST:
                     raise Exceeded(f"`fields.{key}` lists more than {MAX_LIST} entries (fixed maximum)")
+        return body
 
 
 def _check_areas(body: bytes) -> None:
@@ -328,6 +346,13 @@ def _check_lonlat(what: str, values: list[str]) -> None:
     if not all(-180 <= x <= 180 for x in lons) or not all(-90 <= y <= 90 for y in lats):
         raise Exceeded(f"{what} coordinates {','.join(values)[:80]} are outside longitude -180…180 / "
                        "latitude -90…90 (give coord_crs for projected coordinates)", code="BadRequest")
+
+
+def _over(value: str, maximum: int) -> bool:
+    try:
+        return float(value) > maximum
+    except ValueError:
+        return False
 
 
 def _int(value: str | None, default: int) -> int:

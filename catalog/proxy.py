@@ -97,7 +97,8 @@ class PublicUrl:
         scope = dict(scope)
         raw = [(k, v) for k, v in scope["headers"]]
         base = self.configured
-        if self._trusted(scope):
+        scope["landsurf_trusted_proxy"] = self._trusted(scope)
+        if scope["landsurf_trusted_proxy"]:
             found = self._forwarded({k: v.decode("latin-1") for k, v in raw if k in FORWARDED})
             base = found or base
         headers = [(k, v) for k, v in raw if k != b"host" and k not in FORWARDED]

@@ -88,6 +88,9 @@ class HttpSettings(BaseSettings):
     metrics_scrape_addresses: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Addresses (or networks) that may read /metrics without a token; "
                                           "everyone else needs an operator token.")
+    accel_redirect: str | None = Field(
+        None, description="Path prefix of an nginx `internal` location aliasing the store (/landsurf-store/): "
+                          "downloads asked through a trusted proxy are answered with X-Accel-Redirect.")
     api_hydrate: bool = Field(True, description="Merge items with their collection base in Python, not in SQL.")
 
     # every size-like input is bounded (docs/operations.md, "Limits")

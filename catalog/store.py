@@ -109,6 +109,9 @@ class AssetStore:
             return str(self.published_file(unquote(href[len(self.url_prefix):].split("?", 1)[0])))
         if any(href.startswith(prefix) for prefix in self.remote_prefixes):
             return href
+        if DOWNLOAD_PREFIX + "/" in href and "://" in href:
+            # an item published under an earlier public URL (before `landsurf catalog rebase`): still our file
+            return str(self.published_file(unquote(href.split(DOWNLOAD_PREFIX + "/", 1)[1].split("?", 1)[0])))
         raise NotFound(f"asset {href[:200]} is neither in the store nor under an allowed remote prefix",
                        "an operator allows remote assets with LANDSURF_REMOTE_ASSET_PREFIXES")
 

@@ -24,6 +24,8 @@ db_app = typer.Typer(help="The catalog database (embedded PostgreSQL by default)
 token_app = typer.Typer(help="API bearer tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+catalog_app = typer.Typer(help="The catalog's items as a whole.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
@@ -347,6 +349,27 @@ def demo(port: Optional[int] = None,
     for done in publish_series(settings, count=products, size=1098):
         out.print(f"{done.product_id}: {done.status}" + (f" ({done.reason})" if done.reason else ""))
     serve(host=None, port=port, workers=1)
+
+
+@catalog_app.command("rebase")
+def catalog_rebase(
+    old_url: str = typer.Option(..., "--from", help="The public URL the items were published under."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would change; change nothing."),
+) -> None:
+    """Rewrite absolute hrefs of an earlier public URL into store paths (idempotent, safe to interrupt)."""
+    from rich.progress import Progress
+
+    from catalog.rebase import rebase
+
+    settings = _settings()
+    if "://" not in old_url:
+        raise typer.BadParameter("--from takes the old public URL, e.g. http://127.0.0.1:8000")
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("items examined", total=None)
+        report = rebase(settings, old_url, dry_run=dry_run,
+                        progress=lambda r: bar.update(task, completed=r.examined))
+    verb = "would rewrite" if dry_run else "rewrote"
+    out.print(f"{report.examined} items examined; {verb} {report.hrefs} hrefs in {report.items} items")
 
 
 @token_app.command("create")

@@ -34,7 +34,7 @@ from starlette.middleware import Middleware
 from catalog import __version__
 from catalog.auth import WriteGuard, require_role, role_of
 from catalog.database import resolve_urls
-from catalog.download import add_download_route
+from catalog.download import DownloadFastPath, add_download_route
 from catalog.errors import DatabaseUnavailable, LandsurfError, SchemaMismatch
 from catalog.limits import RenderSlots, RequestLimits
 from catalog.logging import get_logger
@@ -240,7 +240,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
         for m in app.user_middleware if m.cls is not ProxyHeaderMiddleware
     ]
     app.mount("/raster", MountedRootPath(tiler), name="raster")
-    add_download_route(app, store, settings.accel_redirect)
+    download_route = add_download_route(app, store, settings.accel_redirect)
     operator = Depends(require_role("operator"))
 
     @app.get("/health", tags=["Health"])
@@ -289,6 +289,7 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
     app.add_middleware(RenderSlots, slots=settings.max_concurrent_renders, wait_s=settings.render_queue_s)
     app.add_middleware(RequestLimits, settings=settings)
     app.add_middleware(WriteGuard, verify=verify)
+    app.add_middleware(DownloadFastPath, store=store, route=download_route, accel_redirect=settings.accel_redirect)
     app.add_middleware(metrics.middleware)
     app.add_middleware(PublicUrl, settings=settings)
     app.add_middleware(ErrorShield)

@@ -141,10 +141,15 @@ def behind_nginx(catalog_settings, published, tmp_path_factory):
     conf_dir = tmp_path_factory.mktemp("nginx")
     proxy_port, api_port = free_port(), free_port()
     public = f"http://127.0.0.1:{proxy_port}/landsurf"
-    locations = Template((ROOT / "infra/nginx/landsurf.locations.conf.template").read_text()).safe_substitute(
-        LANDSURF_UPSTREAM=f"127.0.0.1:{api_port}", LANDSURF_PREFIX="/landsurf",
-        LANDSURF_STORE=str(catalog_settings.store_dir))
-    (conf_dir / "landsurf.locations.conf").write_text(locations)
+    def render(name: str, prefix: str) -> str:
+        return Template((ROOT / "infra/nginx" / name).read_text()).safe_substitute(
+            LANDSURF_UPSTREAM=f"127.0.0.1:{api_port}", LANDSURF_PREFIX=prefix,
+            LANDSURF_STORE=str(catalog_settings.store_dir))
+
+    (conf_dir / "landsurf.locations.conf").write_text(render("landsurf.locations.conf.template", "/landsurf"))
+    # the optional public-downloads location, at its own prefix so that both are tested
+    (conf_dir / "public.conf").write_text(render("landsurf.public-downloads.conf.template", "/public"))
+    (conf_dir / "http.conf").write_text(render("landsurf.http.conf.template", "/public"))
     for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (conf_dir / d).mkdir()
     (conf_dir / "nginx.conf").write_text(f"""
@@ -159,9 +164,11 @@ http {{
     access_log off;
     client_body_temp_path {conf_dir}/body; proxy_temp_path {conf_dir}/proxy;
     fastcgi_temp_path {conf_dir}/fastcgi; uwsgi_temp_path {conf_dir}/uwsgi; scgi_temp_path {conf_dir}/scgi;
+    include {conf_dir}/http.conf;
     server {{
         listen 127.0.0.1:{proxy_port};
         sendfile on; tcp_nodelay on; tcp_nopush off;
+        include {conf_dir}/public.conf;
         include {conf_dir}/landsurf.locations.conf;
     }}
 }}
@@ -242,3 +249,28 @@ def test_tiles_render_through_the_proxy(behind_nginx, published_items):
     with MemoryFile(r.content) as mem, mem.open() as ds:
         rgb = ds.read()[:3]
     assert np.std(rgb) > 3
+
+
+def test_public_downloads_served_by_nginx_keep_the_apis_rules(behind_nginx, published_items, catalog_settings):
+    """The optional nginx-only download location follows the API's rules: no symlink, no hidden path, nosniff,
+    attachments for what is not an image."""
+    base = behind_nginx.replace("/landsurf", "/public") + "/download/"
+    rel = published_items[0]["assets"]["FRE_B4"]["href"].split("/download/", 1)[1]
+    r = httpx.get(base + rel, headers={"Range": "bytes=0-99"})
+    assert r.status_code == 206 and r.headers["x-content-type-options"] == "nosniff"
+    assert "content-disposition" not in r.headers
+    meta = published_items[0]["assets"]["metadata"]["href"].split("/download/", 1)[1]
+    assert httpx.get(base + meta).headers["content-disposition"] == "attachment"
+    store = catalog_settings.store_dir
+    planted = store / S2_L2A / "planted-by-nginx-test.tif"
+    planted.symlink_to("/etc/passwd")
+    hidden = store / ".staging" / "nginx-test"
+    hidden.mkdir(parents=True, exist_ok=True)
+    (hidden / "x.tif").write_bytes(b"in progress")
+    try:
+        for path in (f"{S2_L2A}/planted-by-nginx-test.tif", ".staging/nginx-test/x.tif"):
+            r = httpx.get(base + path)
+            assert r.status_code in (403, 404) and b"root:" not in r.content and b"in progress" not in r.content
+    finally:
+        planted.unlink()
+        shutil.rmtree(hidden)

@@ -1,0 +1,204 @@
+"""Downloads behind nginx (issue 13): landsurf at a path prefix, the API authorising each download and nginx
+sending the bytes (`X-Accel-Redirect`), against the same nginx serving the same files directly.
+
+    .venv/bin/python -m bench.download_bench                 # 250 MB file, 200 × 1 MB, 100 × 64 KiB ranges, 5 rounds
+    .venv/bin/python -m bench.download_bench --rounds 3 --big-mb 100
+
+- baseline: Debian's nginx (started here on loopback, `sendfile on`, `tcp_nopush off` — with it on, keep-alive
+  Range requests wait ~44 ms each, shared spec tiles-downloads.md) serving the store directory as static files,
+  its best documented setup for files;
+- landsurf: the same nginx with the repository's `infra/nginx/landsurf.locations.conf.template` at `/landsurf/`,
+  in front of `landsurf serve` (1 worker) with `LANDSURF_ACCEL_REDIRECT`;
+- the clients are curl processes (as in the shared measurement): one big file by one client and by 4 in
+  parallel; 200 small files by 8 clients with keep-alive; 100 chained 64 KiB Range requests on one connection
+  (GDAL's /vsicurl/ pattern);
+- rounds interleave baseline and landsurf (baseline first in even rounds); each figure is the median of the
+  per-round ratios, with min–max. Writes bench/out/download.json and prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from string import Template
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _files(store: Path, big_mb: int, small: int) -> tuple[str, list[str]]:
+    data = store / "bench"
+    (data / "small").mkdir(parents=True, exist_ok=True)
+    big = data / "big.tif"
+    with big.open("wb") as f:
+        for _ in range(big_mb):
+            f.write(os.urandom(1 << 20))
+    names = []
+    for n in range(small):
+        (data / "small" / f"f{n:03d}.tif").write_bytes(os.urandom(1_000_000))
+        names.append(f"bench/small/f{n:03d}.tif")
+    return "bench/big.tif", names
+
+
+def _curl(args: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(["curl", "-sS", "-o", "/dev/null", "--fail", *args], check=True, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def _parallel(jobs: list[list[str]]) -> float:
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["curl", "-sS", "--fail", *j], stdout=subprocess.DEVNULL) for j in jobs]
+    for p in procs:
+        assert p.wait() == 0
+    return time.perf_counter() - start
+
+
+def measure(base: str, big: str, small: list[str], size: int) -> dict[str, float]:
+    """One round against one base URL: MB/s for the big file (1 and 4 clients), seconds for the small files,
+    ms per 64 KiB range."""
+    url = f"{base}/{big}"
+    one = size / _curl([url]) / 1e6
+    four = 4 * size / _parallel([[url, "-o", "/dev/null"] for _ in range(4)]) / 1e6
+    chunks = [small[i::8] for i in range(8)]
+    jobs = []
+    for chunk in chunks:
+        args: list[str] = []
+        for name in chunk:
+            args += [f"{base}/{name}", "-o", "/dev/null", "--next"]
+        jobs.append(args[:-1])
+    small_s = _parallel(jobs)
+    args = []
+    step = max(1, (size - 65536) // 100)
+    for k in range(100):
+        start = k * step
+        args += ["-r", f"{start}-{start + 65535}", url, "-o", "/dev/null", "--next"]
+    ranges_ms = _curl(args[:-1]) / 100 * 1000
+    return {"big_1_mbps": one, "big_4_mbps": four, "small_200_s": small_s, "range_64k_ms": ranges_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--big-mb", type=int, default=250)
+    parser.add_argument("--small", type=int, default=200)
+    args = parser.parse_args()
+
+    from catalog.embedded import EmbeddedCluster
+    from catalog.settings import CatalogSettings
+    from processing.setup import prepare_database
+    from tests.conftest import ApiServer
+
+    work = Path(tempfile.mkdtemp(prefix="landsurf-dlbench-"))
+    settings = CatalogSettings(home=work / "home", public_url="http://127.0.0.1:1")
+    cluster = EmbeddedCluster(settings)
+    nginx = api = None
+    try:
+        cluster.start()
+        prepare_database(settings)
+        store = settings.store_dir
+        big, small = _files(store, args.big_mb, args.small)
+        size = (store / big).stat().st_size
+        port, api_port = _free_port(), _free_port()
+        conf = work / "nginx"
+        for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (conf / d).mkdir(parents=True)
+        def render(name: str, prefix: str) -> str:
+            return Template((ROOT / "infra/nginx" / name).read_text()).safe_substitute(
+                LANDSURF_UPSTREAM=f"127.0.0.1:{api_port}", LANDSURF_PREFIX=prefix, LANDSURF_STORE=str(store))
+
+        (conf / "landsurf.locations.conf").write_text(render("landsurf.locations.conf.template", "/landsurf"))
+        # the same API's files, served as public downloads by nginx itself (no API round trip per request)
+        (conf / "public.conf").write_text(render("landsurf.public-downloads.conf.template", "/public"))
+        (conf / "http.conf").write_text(render("landsurf.http.conf.template", "/public"))
+        (conf / "nginx.conf").write_text(f"""
+user root; daemon off; worker_processes 1; pid {conf}/nginx.pid; error_log {conf}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    include /etc/nginx/mime.types; access_log off;
+    client_body_temp_path {conf}/body; proxy_temp_path {conf}/proxy; fastcgi_temp_path {conf}/fastcgi;
+    uwsgi_temp_path {conf}/uwsgi; scgi_temp_path {conf}/scgi;
+    sendfile on; tcp_nodelay on; tcp_nopush off; keepalive_requests 10000;
+    include {conf}/http.conf;
+    server {{
+        listen 127.0.0.1:{port};
+        location /direct/ {{ alias {store}/; }}
+        include {conf}/public.conf;
+        include {conf}/landsurf.locations.conf;
+    }}
+}}
+""")
+        public = f"http://127.0.0.1:{port}/landsurf"
+        api = ApiServer(settings, api_port).start(LANDSURF_PUBLIC_URL=public, LANDSURF_TRUSTED_PROXIES="127.0.0.1",
+                                                  LANDSURF_ACCEL_REDIRECT="/landsurf-store/")
+        nginx = subprocess.Popen([NGINX, "-c", str(conf / "nginx.conf")], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        bases = {"nginx": f"http://127.0.0.1:{port}/direct", "landsurf": f"{public}/download",
+                 "public": f"http://127.0.0.1:{port}/public/download"}
+        head = httpx.get(f"{bases['landsurf']}/{big}", headers={"Range": "bytes=0-9"})
+        assert head.status_code == 206 and "x-accel-redirect" not in head.headers, head.headers
+        for base in bases.values():  # warm the page cache and the connections
+            measure(base, big, small[:16], size)
+        rounds = []
+        for r in range(args.rounds):
+            order = ["nginx", "landsurf", "public"] if r % 2 == 0 else ["public", "landsurf", "nginx"]
+            rounds.append({name: measure(bases[name], big, small, size) for name in order})
+        ratios: dict[str, list[float]] = {}
+        for rnd in rounds:
+            n = rnd["nginx"]
+            for mode, label in (("landsurf", "X-Accel-Redirect through the API"),
+                                ("public", "public downloads served by nginx")):
+                m = rnd[mode]
+                ratios.setdefault(f"{label}: big file, 1 client", []).append(m["big_1_mbps"] / n["big_1_mbps"])
+                ratios.setdefault(f"{label}: big file, 4 clients", []).append(m["big_4_mbps"] / n["big_4_mbps"])
+                ratios.setdefault(f"{label}: 200 × 1 MB, 8 clients", []).append(n["small_200_s"] / m["small_200_s"])
+                ratios.setdefault(f"{label}: 64 KiB ranges, one connection", []).append(
+                    n["range_64k_ms"] / m["range_64k_ms"])
+        result = {"command": "python -m bench.download_bench " + " ".join(sys.argv[1:]),
+                  "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                              "load_avg": os.getloadavg()},
+                  "big_bytes": size, "rounds": rounds,
+                  "ratios": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in
+                             ratios.items()}}
+        OUT.mkdir(exist_ok=True)
+        (OUT / "download.json").write_text(json.dumps(result, indent=2))
+        print("| landsurf behind nginx ÷ nginx serving the files directly (higher is better) | median | min–max |")
+        print("|---|---|---|")
+        for k, v in result["ratios"].items():
+            print(f"| {k} | {v['median']:.2f} | {v['min']:.2f}–{v['max']:.2f} |")
+        for name in bases:
+            med = {k: statistics.median(r[name][k] for r in rounds) for k in rounds[0][name]}
+            print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
+    finally:
+        if nginx:
+            nginx.terminate()
+            nginx.wait(10)
+        if api:
+            api.stop()
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,9 @@ Servers, each its own uvicorn process (1 worker, access log off), reading as the
 - `stored-href`: landsurf at `--baseline` (c738a65, the last commit whose items carried absolute hrefs), from a
   detached git worktree, on database `landsurf_abs`: the same items with absolute hrefs;
 - `landsurf-abs`: this checkout on `landsurf_abs` (its hrefs pass through unrendered): a control that
-  separates what rendering costs from everything else that changed since the baseline.
+  separates what rendering costs from everything else that changed since the baseline;
+- `landsurf-gc-frozen`: an experiment for (a) and (b), this checkout's app served by `bench.catalog_gcserve`,
+  which calls `gc.freeze()` once the app is built and measures the garbage collector's CPU time.
 
 `numberMatched` is on for all of them: pgSTAC's `context` setting in the database (`pgstac_settings`, set by
 `catalog.collections.ensure_collections`), which is what every client of the database reads. Before timing,
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -37,7 +40,6 @@ import random
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from datetime import date, datetime, timezone
 from importlib.metadata import version
@@ -53,7 +55,7 @@ from bench.catalog_machine import CpuShare, loadavg
 from bench.catalog_servers import ROOT, Server, checkout_of, free_port, start_landsurf, start_peer, with_database
 from bench.catalog_sql import (AS_LANDSURF, AS_PEER, plain_latency, search_latency, sql_throughput, tile_ids,
                                tile_plan)
-from bench.queries import QUERIES, Query, Scope, http_latency, peak_rss, search_pages, throughput
+from bench.queries import QUERIES, Scope, http_latency, peak_rss, search_pages, throughput
 from catalog.collections import COLLECTIONS, ensure_collections
 from catalog.database import migrate, session
 from catalog.embedded import EmbeddedCluster
@@ -65,8 +67,9 @@ DB_REL, DB_ABS = "landsurf", "landsurf_abs"
 BASELINE = "c738a65"
 
 LANDSURF, TUNED, PEER, STORED, CONTROL = "landsurf", "peer-tuned", "peer", "stored-href", "landsurf-abs"
+FROZEN = "landsurf-gc-frozen"  # experiment: this checkout's app with its start-up heap frozen out of the GC
 ISSUE8 = [LANDSURF, TUNED, PEER]
-SERVERS_OF = {"a": [LANDSURF, TUNED, PEER, STORED, CONTROL], "b": ISSUE8, "c": ISSUE8}
+SERVERS_OF = {"a": [LANDSURF, TUNED, PEER, STORED, CONTROL, FROZEN], "b": [*ISSUE8, FROZEN], "c": ISSUE8}
 # what the database alone needs, beside the APIs: pgstac.search() as the stock peer calls it (hydrating in
 # PostgreSQL, recording the search) and as landsurf does (nohydrate, read-only); query (a) by plain SQL
 SQL_LATENCY = {"a": ["sql-search", "sql-search-nohydrate", "sql-plain"], "b": ["sql-search", "sql-search-nohydrate"],
@@ -164,7 +167,8 @@ def check_answers(servers: dict[str, Server], scope: Scope, api_dsn: str, bodies
             hrefs = {}
             for name in names:
                 pages = search_pages(servers[name].url, body, query.follow_next)
-                answers[name] = ([f["id"] for p in pages for f in p["features"]], [p.get("numberMatched") for p in pages])
+                answers[name] = ([f["id"] for p in pages for f in p["features"]],
+                                 [p.get("numberMatched") for p in pages])
                 hrefs[name] = _first_href(pages)
             if key == "a":
                 ids, count = tile_ids(api_dsn, body)
@@ -260,15 +264,21 @@ def _figure(result: dict[str, Any], part: str) -> float:
     return result["rows_and_count"][part] if "rows_and_count" in result else result[part]
 
 
+FIGURES = {"latency": ("p50_ms", "p95_ms"),
+           "throughput": ("req_per_s", "p50_ms", "p95_ms", "cpu_ms_per_req_server", "cpu_ms_per_req_db")}
+
+
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median over rounds (with min and max) of each server's p50, p95 and req/s."""
+    """Median over rounds (with min and max) of each server's p50, p95, req/s and CPU per request."""
     out: dict[str, Any] = {"latency": {}, "throughput": {}}
-    for kind, fields in (("latency", ("p50_ms", "p95_ms")), ("throughput", ("req_per_s", "p50_ms", "p95_ms", "cpu_ms_per_req_server", "cpu_ms_per_req_db"))):
+    for kind, fields in FIGURES.items():
         for key in rounds[0][kind]:
             names = rounds[0][kind][key].keys()
-            out[kind][key] = {name: {f: _med([_figure(rd[kind][key][name], f) for rd in rounds]) for f in fields
-                                     if f in rounds[0][kind][key][name] or "rows_and_count" in rounds[0][kind][key][name]}
-                              for name in names}
+            out[kind][key] = {}
+            for name in names:
+                first = rounds[0][kind][key][name]
+                present = [f for f in fields if f in first or "rows_and_count" in first]
+                out[kind][key][name] = {f: _med([_figure(rd[kind][key][name], f) for rd in rounds]) for f in present}
             for name in names:
                 first = rounds[0][kind][key][name]
                 if kind == "latency":
@@ -339,16 +349,29 @@ def markdown(result: dict[str, Any]) -> str:
                      f"| ({g['query']}) | {_cell(g['throughput_ratio'], 2)} | {_cell(g['p95_ratio'], 2)} "
                      f"| {_cell(g['p95_under_load_ratio'], 2)} | {'yes' if met else 'no'}"
                      f"{'' if g['all_rounds'] == met else ' (not every round)' if met else ''} |")
+    lines += ["", f"| experiment: {FROZEN} vs | query | throughput ratio | p95 ratio (one at a time) "
+                  "| p95 ratio (under load) |", "|---|---|---|---|---|"]
+    for ref, rows in result.get("experiment_gc_frozen", {}).items():
+        for key, row in rows.items():
+            lines.append(f"| {ref} | ({key}) | {_cell(row['throughput'], 2)} | {_cell(row['p95'], 2)} "
+                         f"| {_cell(row['p95_under_load'], 2)} |")
     return "\n".join(lines)
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
-def _git_head() -> str:
-    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         timeout=30)
+def _code_state() -> dict[str, Any]:
+    """The commit, the files of catalog/ and bench/ that differ from it (the tree is shared and edited while the
+    benchmark runs), and a digest of catalog/ as the servers imported it."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "catalog", "bench"],
-                           capture_output=True, text=True, timeout=30).stdout.strip()
-    return out.stdout.strip() + ("+uncommitted changes in catalog/ or bench/" if dirty else "")
+                           capture_output=True, text=True, timeout=30).stdout.split("\n")
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "catalog").rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".sql"):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return {"commit": head, "uncommitted": sorted(line[3:] for line in dirty if line.strip()),
+            "catalog_sha256": digest.hexdigest()[:16]}
 
 
 def _versions() -> dict[str, str]:
@@ -363,11 +386,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(home)
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     logs = home / "logs"
-    for d in (logs, home / CONTROL, home / STORED):
+    for d in (logs, home / CONTROL, home / STORED):  # homes (stores) of the servers on an external URL
         d.mkdir(mode=0o700, exist_ok=True)
     cluster = EmbeddedCluster(settings)
     result: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": _git_head(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "load1_at_start": loadavg()},
         "versions": _versions(), "args": {k: v for k, v in vars(args).items() if k not in ("home", "out")},
     }
@@ -392,17 +415,21 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             result["load"] = {}
             for db, base in ((DB_REL, None), (DB_ABS, f"http://127.0.0.1:{stored_port}")):
                 stream = catalog_items(tiles, date(args.l2a_from, 1, 1), end, date(2016, 7, 1), base)
-                result["load"][db] = load(with_database(cluster.url("ingest"), db), with_database(superuser, db), stream)
+                result["load"][db] = load(with_database(cluster.url("ingest"), db), with_database(superuser, db),
+                                          stream)
                 result["load"][db]["asset_hrefs"] = "store-relative" if base is None else "absolute"
                 print(f"load {db}:", json.dumps(result["load"][db]), flush=True)
         with psycopg.connect(api_dsn, autocommit=True) as conn:
             result["pgstac_settings"] = dict(conn.execute(
                 "SELECT name, value FROM pgstac.pgstac_settings WHERE name LIKE 'context%' ORDER BY 1").fetchall())
         abs_api = with_database(api_dsn, DB_ABS)
+        result["code"] = _code_state()
         servers[LANDSURF] = start_landsurf(LANDSURF, home, logs)
         servers[TUNED] = start_peer(TUNED, api_dsn, logs, api_hydrate=True)
         servers[PEER] = start_peer(PEER, api_dsn, logs, api_hydrate=False)
         servers[CONTROL] = start_landsurf(CONTROL, home / CONTROL, logs, database_url=abs_api)
+        gc_stats = home / "gc-frozen.json"
+        servers[FROZEN] = start_landsurf(FROZEN, home, logs, gc_stats=gc_stats, gc_freeze=True)
         with contextlib.ExitStack() as stack:
             if args.baseline:
                 checkout = stack.enter_context(checkout_of(args.baseline))
@@ -423,6 +450,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     partial.parent.mkdir(parents=True, exist_ok=True)
                     partial.write_text(json.dumps(result, indent=1, default=str) + "\n")
             result["rss_mb"] = {name: {"peak": m.peak_mb, "hwm": m.hwm_mb} for name, m in mems.items()}
+            result["gc_frozen"] = json.loads(gc_stats.read_text())
             for s in servers.values():
                 s.stop()
             partial.unlink(missing_ok=True)
@@ -435,6 +463,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     result["machine"]["load1_at_end"] = loadavg()
     result["summary"] = summarise(result["rounds"])
     result["goals"] = goals(result["rounds"])
+    result["experiment_gc_frozen"] = {ref: ratios(result["rounds"], FROZEN, ref, "ab") for ref in (LANDSURF, TUNED)}
     return result
 
 
@@ -444,11 +473,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(OUT), help="where the JSON of the run goes")
     parser.add_argument("--tiles", type=int, default=847, help="number of MGRS tiles (847 = the whole grid)")
     parser.add_argument("--l2a-from", type=int, default=2023, help="first year of L2A and snow items")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3 for a recorded run)")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (>= 3 for a recorded run)")
     parser.add_argument("--runs", type=int, default=30, help="searches of (a) and (b) per server and round")
-    parser.add_argument("--runs-c", type=int, default=5, help="searches of (c) (every page) per server and round")
+    parser.add_argument("--runs-c", type=int, default=3, help="searches of (c) (every page) per server and round")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per throughput test of (a), (b)")
-    parser.add_argument("--duration-c", type=float, default=30.0, help="seconds per throughput test of (c)")
+    parser.add_argument("--duration-c", type=float, default=20.0, help="seconds per throughput test of (c)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--check-bodies", type=int, default=20, help="bodies of (a) and (b) in the identity check")
     parser.add_argument("--baseline", default=BASELINE, help="commit of the stored-href build ('' to leave it out)")

@@ -89,9 +89,12 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str], cwd: Path, logs: Path
 
 
 def start_landsurf(name: str, home: Path, logs: Path, *, database_url: str | None = None,
-                   checkout: Path = ROOT, port: int | None = None) -> Server:
+                   checkout: Path = ROOT, port: int | None = None, gc_stats: Path | None = None,
+                   gc_freeze: bool = False) -> Server:
     """`landsurf serve` of `checkout` (its own `catalog` package first on sys.path), on the embedded cluster of
-    `home`, or on `database_url` (every pool of the app then uses that one URL)."""
+    `home`, or on `database_url` (every pool of the app then uses that one URL). With `gc_stats`, the same app
+    is served by `bench.catalog_gcserve` (the garbage collector's cost measured; `gc_freeze`: the built app's
+    heap frozen out of it)."""
     port = port or free_port()
     env = _clean_env() | {
         "LANDSURF_HOME": str(home), "LANDSURF_PUBLIC_URL": f"http://127.0.0.1:{port}",
@@ -106,6 +109,10 @@ def start_landsurf(name: str, home: Path, logs: Path, *, database_url: str | Non
         raise RuntimeError(f"{name}: `catalog` is imported from {imported.stdout.strip() or imported.stderr[-500:]}, "
                            f"not from {checkout}")
     cmd = [sys.executable, "-m", "processing.cli", "serve", "--port", str(port)]
+    if gc_stats is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout), str(ROOT)])
+        cmd = [sys.executable, "-m", "bench.catalog_gcserve", "--port", str(port), "--stats", str(gc_stats)]
+        cmd += ["--freeze"] if gc_freeze else []
     return _wait_ready(_spawn(name, cmd, env, checkout, logs, port), "/health")
 
 

@@ -39,6 +39,7 @@ from catalog.errors import DatabaseUnavailable, LandsurfError, SchemaMismatch
 from catalog.limits import RenderSlots, RequestLimits
 from catalog.logging import get_logger
 from catalog.metrics import Metrics
+from catalog.operations import inbox_state
 from catalog.openapi import complete_path_parameters, serve_with_public_servers
 from catalog.proxy import ErrorShield, PublicUrl
 from catalog.settings import CatalogSettings
@@ -245,18 +246,31 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
 
     @app.get("/health", tags=["Health"])
     async def health(request: Request) -> JSONResponse:
-        """Ready when the database answers with the pgSTAC version this code speaks."""
+        """Ready (200) when the database answers with the pgSTAC version this code speaks; `status` is
+        `degraded` when deliveries do not flow (inbox watcher dead, receipts stranded): the API still serves,
+        production needs an operator. No server path is shown here (the operator views have the detail)."""
         body: dict[str, Any] = {"service": "landsurf", "version": __version__}
         try:
             body |= await check_database(request.app, settings.connect_timeout_s)
             body["database"] = "up"
         except UNAVAILABLE as exc:
-            body |= {"database": "down", "error": type(exc).__name__}
-            body["ready"] = False
+            body |= {"status": "down", "database": "down", "error": type(exc).__name__, "ready": False}
             metrics.database_up.set(0)
             return JSONResponse(body, status_code=503)
         body["ready"] = body["schema_ok"]
         metrics.database_up.set(1)
+        try:
+            async with request.app.state.get_connection(request, "r") as conn:
+                state = await inbox_state(conn, timeout=settings.connect_timeout_s)
+            watcher, receipts = state["watcher"], state["deliveries"]
+            body["ingest"] = {
+                "ok": state["ok"], "watcher": watcher["state"], "heartbeat_age_s": watcher["heartbeat_age_s"],
+                "untaken": watcher["untaken"], "oldest_untaken_age_s": watcher["oldest_untaken_age_s"],
+                "open": receipts["open"], "oldest_open_age_s": receipts["oldest_open_age_s"],
+                "failed": receipts["failed"], "stranded": receipts["stranded"]}
+        except UNAVAILABLE as exc:
+            body["ingest"] = {"ok": False, "error": type(exc).__name__}
+        body["status"] = "down" if not body["ready"] else "ok" if body["ingest"]["ok"] else "degraded"
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @app.get("/deliveries", tags=["Operations"], dependencies=[operator])

@@ -19,8 +19,19 @@ from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog.auth import require_role
+from catalog.operations import inbox_gauges, inbox_state
 
 METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+INBOX_GAUGES = {
+    "landsurf_inbox_watcher_up": "1 when an inbox watcher heartbeats",
+    "landsurf_inbox_watcher_heartbeat_age_seconds": "Age of the newest watcher heartbeat",
+    "landsurf_inbox_untaken": "Entries of the inbox not taken yet",
+    "landsurf_inbox_oldest_untaken_seconds": "Age of the oldest entry not taken yet",
+    "landsurf_deliveries_open": "Receipts received, processing or retrying",
+    "landsurf_deliveries_oldest_open_seconds": "Age of the oldest open receipt",
+    "landsurf_deliveries_failed": "Receipts failed (retry them with `landsurf ingest retry`)",
+    "landsurf_deliveries_stranded": "Open receipts without a live job (should always be 0)",
+}
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -69,6 +80,8 @@ class Metrics:
                                       ["quantile"], registry=self.registry)
         self.published_24h = Gauge("landsurf_products_published_24h", "Products published in the last 24 h",
                                    registry=self.registry)
+        # the inbox watcher and the open receipts (catalog/operations.py), read at scrape time
+        self.inbox = {name: Gauge(name, help_, registry=self.registry) for name, help_ in INBOX_GAUGES.items()}
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """The ASGI middleware that counts and times every request but /metrics itself."""
@@ -135,3 +148,10 @@ class Metrics:
         for q in ("p50", "p95"):
             self.delivery_latency.labels(q).set(float(row[q]) if row[q] is not None else float("nan"))
         self.published_24h.set(row["n"])
+        try:
+            async with request.app.state.get_connection(request, "r") as conn:
+                gauges = inbox_gauges(await inbox_state(conn))
+        except Exception:  # noqa: BLE001 - as above
+            return
+        for name, value in gauges.items():
+            self.inbox[name].set(value)

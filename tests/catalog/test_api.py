@@ -181,3 +181,27 @@ def test_health_and_metrics(api, operator_token):
     assert 'landsurf_http_requests_total{method="GET",route="/search",status="200"}' in text, text[:3000]
     assert "landsurf_http_request_duration_seconds_bucket" in text
     assert "landsurf_database_up 1.0" in text
+
+
+def test_health_says_when_deliveries_do_not_flow(api, catalog_settings, operator_token):
+    """A watcher that died without stopping turns /health `degraded` (the API still serves: 200) and /metrics
+    reports it; the public body shows no server path."""
+    from catalog.database import session
+
+    ok = httpx.get(api.url + "/health").json()
+    assert ok["ingest"]["ok"] is True and ok["status"] == "ok"
+    with session(catalog_settings, "admin") as conn:
+        conn.execute("INSERT INTO landsurf.inbox_watchers (id, inbox, host, pid, heartbeat_at, untaken, "
+                     "oldest_untaken_since) VALUES ('test:1', '/secret/inbox', 'test', 1, now() - interval '1 hour', "
+                     "3, now() - interval '2 hours')")
+    try:
+        r = httpx.get(api.url + "/health")
+        body = r.json()
+        assert r.status_code == 200 and body["status"] == "degraded" and body["ingest"]["watcher"] == "dead"
+        assert body["ingest"]["untaken"] == 3 and body["ingest"]["oldest_untaken_age_s"] >= 7000
+        assert "/secret" not in r.text
+        text = httpx.get(api.url + "/metrics", headers={"Authorization": f"Bearer {operator_token}"}).text
+        assert "landsurf_inbox_watcher_up 0.0" in text and "landsurf_inbox_untaken 3.0" in text
+    finally:
+        with session(catalog_settings, "admin") as conn:
+            conn.execute("DELETE FROM landsurf.inbox_watchers WHERE id = 'test:1'")

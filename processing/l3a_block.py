@@ -1,0 +1,192 @@
+"""One block of the L3A synthesis, as a worker runs it: read every input date's window, fold it into the state,
+write the block's outputs as plain GeoTIFF pieces.
+
+A block is a window of whole 512-pixel COG blocks at both resolutions (512 R2 rows = 1024 R1 rows), so every input
+block is decoded exactly once. Its state and read buffers are allocated once and reused for every date: memory per
+block does not depend on the number of dates. Datasets stay open per worker thread (a small LRU), so a worker
+running many blocks opens each input once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from processing.l3a_kernel import NODATA, axis_samples, blue_at_half, finish, update
+from processing.l3a_weights import CoarseGrid
+from processing.raster_io import RasterInputError
+
+GROUPS = {"R1": (("B2", "B3", "B4", "B8"), 10.0, 2), "R2": (("B5", "B6", "B7", "B8A", "B11", "B12"), 20.0, 1)}
+READ_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_PAM_ENABLED": "NO"}
+OPEN_CACHE = 512
+_local = threading.local()
+
+
+@dataclass(frozen=True)
+class DateInput:
+    """One input date as a block needs it (plain values: it travels to Dask workers)."""
+
+    product_id: str
+    files: dict[str, str]  # FRE_*, CLM_R1/R2, MG2_R1/R2, ATB_R1/R2 → path
+    day: int  # days from the synthesis date
+    w_date: float
+    correct: bool  # apply the directional correction
+
+
+@dataclass(frozen=True)
+class DateGrids:
+    cloud: CoarseGrid  # W_cloud at 240 m (both groups)
+    factors: dict[str, CoarseGrid]  # group → directional factors (bands, rows, cols)
+    angles: str = "none"  # where the angles came from: "grids", "means" or "none"
+
+
+@dataclass(frozen=True)
+class KernelParams:
+    cloud_bits: int
+    aot_scale: float
+    aot_max: float
+    w_min: float
+    w_max: float
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    index: int
+    row0: int  # R2 pixels
+    rows: int
+    col0: int
+    cols: int
+    scratch: str  # folder of the pieces (shared by the workers)
+    crs: str
+    transform_r2: tuple[float, ...]  # affine a, b, c, d, e, f of the R2 grid
+
+
+@dataclass(frozen=True)
+class BlockOutput:
+    index: int
+    pieces: dict[str, tuple[str, str]]  # group → (int16 piece: FRC…, WGT, DTS; uint8 piece: FLG, NOBS)
+    window: tuple[int, int, int, int]  # R2 row0, rows, col0, cols
+    flag_counts: tuple[int, ...]  # FLG 0..4 over the block's R2 pixels
+
+
+def _dataset(path: str) -> rasterio.io.DatasetReader:
+    cache: OrderedDict = getattr(_local, "datasets", None) or OrderedDict()
+    _local.datasets = cache
+    ds = cache.get(path)
+    if ds is not None and not ds.closed:
+        cache.move_to_end(path)
+        return ds
+    try:
+        with rasterio.Env(**READ_ENV):
+            ds = rasterio.open(path)
+    except RasterioError as exc:
+        raise RasterInputError(f"cannot open the L3A input {path}: {exc}", "check the L2A's published files") from exc
+    cache[path] = ds
+    while len(cache) > OPEN_CACHE:
+        cache.popitem(last=False)[1].close()
+    return ds
+
+
+def close_datasets() -> None:
+    """Close this thread's open inputs (end of a synthesis on a long-lived worker)."""
+    cache = getattr(_local, "datasets", None) or {}
+    for ds in cache.values():
+        ds.close()
+    _local.datasets = OrderedDict()
+
+
+def _read(path: str, band: int, window: Window, out: np.ndarray) -> None:
+    try:
+        _dataset(path).read(band, window=window, out=out)
+    except RasterioError as exc:
+        raise RasterInputError(f"cannot read {Path(path).name} at {window}: {exc}",
+                               "the file is damaged: re-ingest the L2A") from exc
+
+
+class _Group:
+    """State and read buffers of one resolution group of a block."""
+
+    def __init__(self, name: str, task: BlockTask) -> None:
+        self.name = name
+        self.bands, self.resolution, self.scale = GROUPS[name]
+        self.row0, self.col0 = task.row0 * self.scale, task.col0 * self.scale
+        self.rows, self.cols = task.rows * self.scale, task.cols * self.scale
+        shape, nb = (self.rows, self.cols), len(self.bands)
+        self.window = Window(self.col0, self.row0, self.cols, self.rows)
+        self.refl = np.empty((nb, *shape), np.int16)
+        self.clm, self.mg2, self.aot = (np.empty(shape, np.uint8) for _ in range(3))
+        self.acc = np.zeros((nb, *shape), np.float32)
+        self.wsum, self.dsum = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        self.blue = np.full(shape, np.inf, np.float32)
+        self.flag, self.nobs = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+        self.blue_now = np.empty(shape, np.float32) if name == "R2" else None
+        self._axes: dict[tuple, tuple] = {}
+
+    def read(self, date: DateInput) -> None:
+        for i, band in enumerate(self.bands):
+            _read(date.files[f"FRE_{band}"], 1, self.window, self.refl[i])
+        _read(date.files[f"CLM_{self.name}"], 1, self.window, self.clm)
+        _read(date.files[f"MG2_{self.name}"], 1, self.window, self.mg2)
+        _read(date.files[f"ATB_{self.name}"], 2, self.window, self.aot)
+
+    def axes(self, grid: CoarseGrid) -> tuple:
+        """Row and column interpolation tables for a coarse grid (cached per grid geometry)."""
+        rows, cols = grid.values.shape[-2:]
+        key = (grid.step, grid.offset, rows, cols)
+        if key not in self._axes:
+            self._axes[key] = (*axis_samples(self.row0, self.rows, self.resolution, grid.step, grid.offset, rows),
+                               *axis_samples(self.col0, self.cols, self.resolution, grid.step, grid.offset, cols))
+        return self._axes[key]
+
+    def fold(self, date: DateInput, grids: DateGrids, kp: KernelParams, blue_now: np.ndarray) -> None:
+        cy0, cy1, cfy, cx0, cx1, cfx = self.axes(grids.cloud)
+        factors = grids.factors[self.name]
+        fy0, fy1, ffy, fx0, fx1, ffx = self.axes(factors)
+        update(self.refl, self.clm, self.mg2, self.aot, blue_now, kp.cloud_bits,
+               grids.cloud.values, cy0, cy1, cfy, cx0, cx1, cfx,
+               factors.values, fy0, fy1, ffy, fx0, fx1, ffx, date.correct,
+               date.w_date, date.day, kp.aot_scale, kp.aot_max, kp.w_min, kp.w_max,
+               self.acc, self.wsum, self.dsum, self.blue, self.flag, self.nobs)
+
+    def write(self, task: BlockTask) -> tuple[str, str]:
+        nb = len(self.bands)
+        out16 = np.empty((nb + 2, self.rows, self.cols), np.int16)
+        finish(self.acc, self.wsum, self.dsum, self.flag, out16[:nb], out16[nb], out16[nb + 1])
+        a, b, c, d, e, f = task.transform_r2
+        s = self.scale
+        transform = rasterio.Affine(a / s, b, c + a * task.col0, d, e / s, f + e * task.row0)
+        base = Path(task.scratch) / f"{task.index:05d}_{self.name}"
+        profile = dict(driver="GTiff", width=self.cols, height=self.rows, crs=task.crs, transform=transform,
+                       interleave="band", tiled=True, blockxsize=512, blockysize=512)
+        with rasterio.Env(**READ_ENV):
+            with rasterio.open(f"{base}_i16.tif", "w", count=nb + 2, dtype="int16", nodata=NODATA,
+                               **profile) as ds:
+                ds.write(out16)
+            with rasterio.open(f"{base}_u8.tif", "w", count=2, dtype="uint8", **profile) as ds:
+                ds.write(self.flag, 1)
+                ds.write(self.nobs, 2)
+        return f"{base}_i16.tif", f"{base}_u8.tif"
+
+
+def run_block(task: BlockTask, dates: Sequence[DateInput], grids: Sequence[DateGrids], kp: KernelParams
+              ) -> BlockOutput:
+    """Synthesize one block over every date (in the given order, as WASP folds them) and write its pieces."""
+    r1, r2 = _Group("R1", task), _Group("R2", task)
+    for date, date_grids in zip(dates, grids, strict=True):
+        r1.read(date)
+        r1.fold(date, date_grids, kp, r1.refl[0])
+        r2.read(date)
+        blue_at_half(r1.refl[0], r2.blue_now)
+        r2.fold(date, date_grids, kp, r2.blue_now)
+    pieces = {"R1": r1.write(task), "R2": r2.write(task)}
+    counts = np.bincount(r2.flag.ravel(), minlength=5)[:5]
+    return BlockOutput(task.index, pieces, (task.row0, task.rows, task.col0, task.cols),
+                       tuple(int(x) for x in counts))

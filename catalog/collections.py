@@ -128,8 +128,10 @@ def l3a_item_assets() -> dict[str, dict]:
     assets = {f"FRC_{b[0]}": _reflectance_asset("FRC", "Composite flat reflectance", b) for b in S2_BANDS}
     for g in ("R1", "R2"):
         assets[f"WGT_{g}"] = _mask_asset("Summed weight (×1000)", g, ["data"], "int16", nodata=-10000, scale=0.001)
-        assets[f"DTS_{g}"] = _mask_asset("Weighted mean date (day of year)", g, ["data"], "int16", nodata=-10000)
+        assets[f"DTS_{g}"] = _mask_asset("Weighted mean date (days from the synthesis date)", g, ["data"], "int16",
+                                         nodata=-10000, unit="d")
         assets[f"FLG_{g}"] = _mask_asset("Status: 0 no-data 1 cloud 2 snow 3 water 4 land", g, ["data-mask"])
+        assets[f"NOBS_{g}"] = _mask_asset("Number of clear land dates averaged", g, ["data"])
     assets["thumbnail"] = THUMBNAIL
     assets["metadata"] = METADATA
     return assets

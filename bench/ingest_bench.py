@@ -63,7 +63,7 @@ def _catalog(home: Path):
 
 
 DROP = """
-import json, sys, time
+import json, resource, sys, time
 from pathlib import Path
 from catalog.database import session
 from catalog.settings import CatalogSettings
@@ -71,6 +71,7 @@ from ingest.inbox import take_from_inbox
 from ingest.pipeline import process
 from ingest.settings import IngestSettings
 s = CatalogSettings(home=Path(sys.argv[1]), statement_timeout_ms=600000); i = IngestSettings()
+u0 = resource.getrusage(resource.RUSAGE_SELF); cpu0 = u0.ru_utime + u0.ru_stime
 t0 = time.perf_counter()
 d = take_from_inbox(s, i, Path(sys.argv[2]))
 t_take = time.perf_counter() - t0
@@ -79,8 +80,9 @@ t = time.perf_counter() - t0
 with session(s, 'api') as c:
     n = c.execute('SELECT count(*) FROM pgstac.items WHERE id = %s', (o.product_id,)).fetchone()[0]
 hwm = int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM'))) // 1024
+u = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({'status': o.status, 'seconds': round(t, 2), 'take_s': round(t_take, 2), 'searchable': n,
-                  'peak_rss_mb': hwm}))
+                  'peak_rss_mb': hwm, 'cpu_s': round(u.ru_utime + u.ru_stime - cpu0, 2)}))
 """
 
 
@@ -228,7 +230,10 @@ def main() -> None:
                 print(f"round {i + 1} {phase}: {(floors if phase == 'floor' else drops)[-1]['seconds']} s",
                       file=sys.stderr, flush=True)
         ratios = [d["seconds"] / f["seconds"] for f, d in zip(floors, drops)]
+        cpu_ratios = [d["cpu_s"] / f["cpu_s"] for f, d in zip(floors, drops)]
         result |= {"floor": floors, "drop_to_searchable": drops, "round_ratios": [round(r, 3) for r in ratios],
+                   "cpu_ratios": [round(r, 3) for r in cpu_ratios], "median_cpu_ratio": round(
+                       statistics.median(cpu_ratios), 3),
                    "median_ratio": round(statistics.median(ratios), 3),
                    "spread": [round(min(ratios), 3), round(max(ratios), 3)],
                    "floor_median_s": statistics.median(f["seconds"] for f in floors),
@@ -249,7 +254,7 @@ def main() -> None:
     (OUT / "ingest.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"| one L2A {args.size}² from drop to searchable | floor {result['floor_median_s']:.1f} s | landsurf "
           f"{result['drop_median_s']:.1f} s | **{result['median_ratio']:.2f}×** median of {args.rounds} rounds "
-          f"(spread {result['spread'][0]:.2f}–{result['spread'][1]:.2f}) |")
+          f"(spread {result['spread'][0]:.2f}–{result['spread'][1]:.2f}) | CPU {result['median_cpu_ratio']:.2f}× |")
     for t in result["throughput"]:
         print(f"| {t['products']} products of {args.small}² | {t['workers']} worker(s) | {t['seconds']} s "
               f"| {t['products_per_min']} products/min |")

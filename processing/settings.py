@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -10,3 +11,9 @@ class ProcessingSettings(BaseSettings):
 
     dask_scheduler: str | None = None
     workers: int = 1
+    # Dask for chunked array work (SCD; see processing/raster_io.py `dask_client`)
+    dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster started when no "
+                              "scheduler address is set (one thread each: GDAL and the kernels are single-threaded "
+                              "per task).")
+    dask_min_work: int = Field(200_000_000, ge=0, description="Below this many pixel-dates a job runs in-process "
+                               "(no cluster to start); at or above it, on the cluster.")

@@ -1,0 +1,192 @@
+"""Raster I/O shared by the derived products: grids, row-strip windows, checksummed COG writing, and the Dask
+client the chunked work runs on.
+
+Why here: snow, SCD and L3A all read COGs strip by strip and write their outputs the way ingest writes L2A assets
+(GDAL's COG driver with `ingest.cog.cog_options`, `file:checksum` from `ingest.checksum`), so a derived asset is
+indistinguishable in layout from an ingested one and publishes through the same `catalog.publish` path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.errors import RasterioError
+from rasterio.io import MemoryFile
+from rasterio.shutil import copy as gdal_copy
+from rasterio.windows import Window
+
+from catalog.collections import COG
+from catalog.errors import LandsurfError
+from ingest.checksum import multihash
+from ingest.cog import cog_options
+from ingest.model import CogFile
+from processing.settings import ProcessingSettings
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+BLOCK = 512  # the COG block size of every landsurf raster: strips of whole blocks decode each block once
+
+
+class RasterInputError(LandsurfError):
+    """An input raster is missing, unreadable, or not on the grid the product needs."""
+
+    exit_code = 6
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a raster's pixels are: size, affine transform and CRS (as WKT or `EPSG:n`)."""
+
+    width: int
+    height: int
+    transform: Affine
+    crs: str
+
+    @property
+    def epsg(self) -> int | None:
+        return rasterio.crs.CRS.from_user_input(self.crs).to_epsg()
+
+    @property
+    def resolution(self) -> float:
+        return abs(self.transform.a)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        t = self.transform
+        return t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f
+
+    def scaled(self, factor: int) -> "Grid":
+        """The same footprint with pixels `factor` times smaller (R2 → R1: 2)."""
+        t = self.transform
+        return Grid(self.width * factor, self.height * factor,
+                    Affine(t.a / factor, t.b, t.c, t.d, t.e / factor, t.f), self.crs)
+
+    def matches(self, other: "Grid", tolerance: float = 1e-6) -> bool:
+        return (self.width, self.height) == (other.width, other.height) and self.transform.almost_equals(
+            other.transform, tolerance) and _same_crs(self.crs, other.crs)
+
+
+def _same_crs(a: str, b: str) -> bool:
+    return a == b or rasterio.crs.CRS.from_user_input(a) == rasterio.crs.CRS.from_user_input(b)
+
+
+def grid_of(path: Path | str, what: str = "raster") -> Grid:
+    """The grid of a raster file; a missing or unreadable file is a `RasterInputError` naming `what`."""
+    try:
+        with rasterio.open(path) as ds:
+            if ds.crs is None:
+                raise RasterInputError(f"the {what} {path} has no CRS", "give a georeferenced GeoTIFF")
+            crs = f"EPSG:{ds.crs.to_epsg()}" if ds.crs.to_epsg() else ds.crs.to_wkt()
+            return Grid(ds.width, ds.height, ds.transform, crs)
+    except RasterioError as exc:
+        raise RasterInputError(f"cannot open the {what} {path}: {exc}", "check the file exists and is a GeoTIFF"
+                               ) from exc
+
+
+def require_grid(path: Path | str, expected: Grid, what: str) -> None:
+    """Refuse `path` unless it lies exactly on `expected` (same size, transform, CRS)."""
+    got = grid_of(path, what)
+    if not got.matches(expected):
+        raise RasterInputError(
+            f"the {what} {Path(path).name} is {got.width}×{got.height} at {got.transform.c:.0f},"
+            f"{got.transform.f:.0f} ({got.resolution:g} m, {got.crs}), not on the product's grid "
+            f"{expected.width}×{expected.height} at {expected.transform.c:.0f},{expected.transform.f:.0f} "
+            f"({expected.resolution:g} m, {expected.crs})",
+            "give the files of one product (or a DEM registered for this tile)")
+
+
+def strips(height: int, rows: int) -> list[tuple[int, int]]:
+    """Row ranges `[start, stop)` of `rows` rows (the last one shorter) covering `height`."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    return [(r, min(r + rows, height)) for r in range(0, height, rows)]
+
+
+def read_rows(path: Path | str, start: int, stop: int, *, band: int = 1, dtype: str | None = None,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Rows `[start, stop)` of one band, whole width."""
+    with rasterio.open(path) as ds:
+        window = Window(0, start, ds.width, stop - start)
+        return ds.read(band, window=window, out=out, out_dtype=dtype)
+
+
+def write_cog(path: Path, array: np.ndarray, grid: Grid, key: str, *, nodata: float | None = None,
+              description: str | None = None, threads: str = "ALL_CPUS") -> CogFile:
+    """A single-band COG of `array` at `path` (created, never overwritten), fsync'd, with its multihash.
+
+    GDAL's COG driver and the options of every landsurf asset (`ingest.cog.cog_options(key)`: deflate, 512 blocks,
+    overviews; `key` decides predictor and overview resampling).
+    """
+    if array.shape != (grid.height, grid.width):
+        raise ValueError(f"array {array.shape} does not fit the grid {grid.height}×{grid.width}")
+    if path.exists():
+        raise FileExistsError(f"{path} exists: a derived file is written once")
+    part = path.with_name(f".{path.name}.part")
+    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1,
+               "dtype": array.dtype.name, "crs": grid.crs, "transform": grid.transform, "nodata": nodata}
+    try:
+        with MemoryFile() as mem:
+            with mem.open(**profile) as ds:
+                ds.write(array, 1)
+                if description:
+                    ds.set_band_description(1, description)
+            gdal_copy(mem.name, str(part), driver="COG", **cog_options(key, threads=threads))
+        with open(part, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.link(part, path)  # O_EXCL for a file GDAL created: fails if `path` appeared meanwhile
+    finally:
+        part.unlink(missing_ok=True)
+    return CogFile(key=key, path=path, size=path.stat().st_size, checksum=multihash(path), media_type=COG)
+
+
+def write_bytes(path: Path, data: bytes, key: str, media_type: str) -> CogFile:
+    """A small sidecar (metadata XML …), created exclusively, fsync'd, with its multihash."""
+    with path.open("xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return CogFile(key=key, path=path, size=len(data), checksum=multihash(path), media_type=media_type)
+
+
+@contextmanager
+def dask_client(settings: ProcessingSettings, work: int) -> Iterator["Client | None"]:
+    """The Dask client chunked work runs on, or None to run it in-process.
+
+    A scheduler address (`LANDSURF_PROCESSING_DASK_SCHEDULER`) always wins: the work leaves the machine (the files
+    must then be readable by the workers at the same paths). Otherwise `work` (pixel-dates, or any measure of the
+    job's size) below `dask_min_work` runs in-process — starting a cluster costs ~1–2 s, more than a small job —
+    and larger work starts a `LocalCluster` of `dask_workers` processes × 1 thread for the job.
+    """
+    if settings.dask_scheduler:
+        from distributed import Client
+
+        with Client(settings.dask_scheduler, timeout="30s", set_as_default=False) as client:
+            yield client
+    elif work < settings.dask_min_work:
+        yield None
+    else:
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=settings.dask_workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None, env={"GDAL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}) as cluster, \
+                Client(cluster, set_as_default=False) as client:
+            yield client
+
+
+def same_grids(paths: Sequence[Path], what: str) -> Grid:
+    """The common grid of several rasters (e.g. the snow maps of one tile); the first differing one is refused."""
+    if not paths:
+        raise RasterInputError(f"no {what} given", "give at least one file")
+    first = grid_of(paths[0], what)
+    for path in paths[1:]:
+        require_grid(path, first, what)
+    return first

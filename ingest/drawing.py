@@ -117,14 +117,18 @@ def bit_mask(path: Path | str, bit: int, shape: tuple[int, int]) -> np.ndarray:
     return mask_preview((data >> bit) & 1 == 1, shape)
 
 
-def l2a_quicklook(files: Mapping[str, Path | str], *, side: int = SIDE, kind: str = "FRE") -> bytes:
-    """The L2A quicklook: `kind` (FRE or SRE) B4/B3/B2 with the fixed stretch, outlines of clouds (CLM_R2 bit 1),
-    snow (MG2_R2 bit 2) and water (MG2_R2 bit 0); a JPEG. `files` maps the item's asset keys to paths."""
+def l2a_rgb(files: Mapping[str, Path | str], *, side: int = SIDE, kind: str = "FRE") -> np.ndarray:
+    """The L2A quicklook as RGB (3, rows, cols): `kind` (FRE or SRE) B4/B3/B2 with the fixed stretch, outlines of
+    water (MG2_R2 bit 0), snow (MG2_R2 bit 2) and clouds (CLM_R2 bit 1, on top). `files`: asset key → path."""
     with rasterio.open(files[f"{kind}_B4"]) as ds:
         shape = preview_shape(ds.height, ds.width, side)
     bands, nodata = reflectance_rgb([files[f"{kind}_{b}"] for b in ("B4", "B3", "B2")], shape)
-    rgb = stretch(bands, nodata)
     layers = [(bit_mask(files["MG2_R2"], WATER_BIT, shape) & ~nodata, BLUE),
               (bit_mask(files["MG2_R2"], SNOW_BIT, shape) & ~nodata, MAGENTA),
               (bit_mask(files["CLM_R2"], CLOUD_BIT, shape) & ~nodata, GREEN)]
-    return encode(draw_outlines(rgb, layers), "JPEG")
+    return draw_outlines(stretch(bands, nodata), layers)
+
+
+def l2a_quicklook(files: Mapping[str, Path | str], *, side: int = SIDE, kind: str = "FRE") -> bytes:
+    """The L2A quicklook (`l2a_rgb`) as JPEG bytes, for the item's `thumbnail` asset."""
+    return encode(l2a_rgb(files, side=side, kind=kind), "JPEG")

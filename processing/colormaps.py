@@ -75,7 +75,8 @@ def legend(name: str) -> dict[str, Any]:
         return {"colormap": name, "title": "Snow (LIS codes)", "type": "categorical", "entries": entries}
     if name == SCD_COLORMAP:
         entries = [{"range": [int(lo), int(hi)], "color": list(c),
-                    "label": "0 days" if lo == 0 else f"{int(lo)}–{int(hi) - 1} days"} for (lo, hi), c in scd_colormap()]
+                    "label": "0 days" if lo == 0 else f"{int(lo)}–{int(hi) - 1} days"}
+                   for (lo, hi), c in scd_colormap()]
         return {"colormap": name, "title": "Snow cover duration", "unit": "days", "type": "intervals",
                 "entries": entries}
     raise KeyError(f"no landsurf colormap named {name!r} (known: {SNOW_COLORMAP}, {SCD_COLORMAP})")

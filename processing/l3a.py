@@ -206,10 +206,11 @@ def date_grids(date_input: DateInput, mtd: str | None, params: L3AParams) -> Dat
     return DateGrids(cloud, factors, geometry.source)
 
 
-def _plan(grid_r2: Grid, scratch: Path, block_rows: int, columns: int) -> list[BlockTask]:
-    """Blocks of `block_rows` R2 rows by about width/`columns` (multiples of 512 R2 columns)."""
+def _plan(grid_r2: Grid, scratch: Path, columns: int, block: tuple[int, int] | None) -> list[BlockTask]:
+    """Blocks of 512 R2 rows by about width/`columns` (a multiple of 512 R2 columns): whole COG blocks at both
+    resolutions. `block` (R2 rows, columns) overrides the shape (tests: many small blocks)."""
     width, height = grid_r2.width, grid_r2.height
-    step = max(512, -(-width // columns // 512) * 512)
+    block_rows, step = block or (BLOCK_ROWS, max(512, -(-width // columns // 512) * 512))
     crs = grid_r2.crs
     t = grid_r2.transform
     tasks = []
@@ -222,7 +223,7 @@ def _plan(grid_r2: Grid, scratch: Path, block_rows: int, columns: int) -> list[B
 
 def synthesize(inputs: Sequence[L3AInput], when: date, params: L3AParams, out_dir: Path, *, version: str = "1-0",
                scheduler: str | None = None, settings: ProcessingSettings | None = None,
-               block_rows: int = BLOCK_ROWS, progress: Progress | None = None) -> L3AProduct:
+               block: tuple[int, int] | None = None, progress: Progress | None = None) -> L3AProduct:
     """Write the L3A of `when` from `inputs` into `out_dir/<ID>/` and describe it.
 
     `scheduler`: None follows the settings (`dask_scheduler`, else a LocalCluster for large work, else in-process);
@@ -251,7 +252,7 @@ def synthesize(inputs: Sequence[L3AInput], when: date, params: L3AParams, out_di
     try:
         with _client(scheduler, settings, work) as client:
             workers = len(client.scheduler_info()["workers"]) if client is not None else 1
-            tasks = _plan(grids["R2"], scratch, block_rows, max(2, workers))
+            tasks = _plan(grids["R2"], scratch, max(2, workers), block)
             run = _Runner(client, progress)
             t0 = time.perf_counter()
             per_date = run.map("grids", date_grids, [(d, m, params) for d, m in zip(dates, mtds)])
@@ -338,7 +339,7 @@ class _Runner:
 
         futures = [self.client.submit(fn, *a, pure=False) for a in args]
         try:
-            for done, _ in enumerate(as_completed(futures), start=1):
+            for done, _ in enumerate(as_completed(futures, loop=self.client.loop), start=1):
                 if self.progress:
                     self.progress(stage, done, total)
             return self.client.gather(futures)

@@ -20,10 +20,10 @@ import rasterio
 from rasterio.enums import Resampling
 
 from ingest.drawing import (BLUE, GREEN, MAGENTA, SIDE, WATER_BIT, bit_mask, draw_outlines, encode, l2a_quicklook,
-                            mask_preview, preview_shape, read_preview, reflectance_rgb, stretch)
+                            l2a_rgb, mask_preview, preview_shape, read_preview, reflectance_rgb, stretch)
 from processing import colormaps
 
-__all__ = ["l2a_quicklook", "l3a_quicklook", "snow_quicklook", "snow_map_png", "scd_quicklook"]
+__all__ = ["l2a_quicklook", "l2a_rgb", "l3a_quicklook", "snow_quicklook", "snow_rgb", "snow_map_png", "scd_quicklook"]
 
 
 def _shape(path: Path | str, side: int) -> tuple[int, int]:
@@ -38,22 +38,27 @@ def l3a_quicklook(files: Mapping[str, Path | str], *, side: int = SIDE) -> bytes
     return encode(stretch(bands, nodata), "JPEG")
 
 
-def _codes(path: Path | str, shape: tuple[int, int]) -> np.ndarray:
+def _codes(path: Path | str) -> np.ndarray:
     """Full-resolution product codes, for masks reduced by area (a nearest read would lose small patches)."""
     with rasterio.open(path) as ds:
         return ds.read(1)
 
 
-def snow_quicklook(snow_map: Path | str, l2a_files: Mapping[str, Path | str], *, side: int = SIDE) -> bytes:
-    """LIS COMPO of a snow map: B11/B4/B3 of its L2A with outlines of snow, clouds and water, as JPEG."""
+def snow_rgb(snow_map: Path | str, l2a_files: Mapping[str, Path | str], *, side: int = SIDE) -> np.ndarray:
+    """LIS COMPO of a snow map as RGB: B11/B4/B3 of its L2A, outlines of water, snow and clouds (on top)."""
     shape = _shape(l2a_files["FRE_B4"], side)
     bands, nodata = reflectance_rgb([l2a_files[f"FRE_{b}"] for b in ("B11", "B4", "B3")], shape)
-    codes = _codes(snow_map, shape)
+    codes = _codes(snow_map)
     nodata |= mask_preview(codes >= colormaps.NODATA_V15, shape)
     layers = [(bit_mask(l2a_files["MG2_R2"], WATER_BIT, shape) & ~nodata, BLUE),
               (mask_preview(codes == colormaps.SNOW, shape) & ~nodata, MAGENTA),
               (mask_preview(codes == colormaps.CLOUD, shape) & ~nodata, GREEN)]
-    return encode(draw_outlines(stretch(bands, nodata), layers), "JPEG")
+    return draw_outlines(stretch(bands, nodata), layers)
+
+
+def snow_quicklook(snow_map: Path | str, l2a_files: Mapping[str, Path | str], *, side: int = SIDE) -> bytes:
+    """The snow quicklook (`snow_rgb`) as JPEG bytes."""
+    return encode(snow_rgb(snow_map, l2a_files, side=side), "JPEG")
 
 
 def _palette(path: Path | str, name: str, side: int) -> bytes:

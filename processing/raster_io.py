@@ -81,23 +81,35 @@ def _same_crs(a: str, b: str) -> bool:
 
 def grid_of(path: Path | str, what: str = "raster") -> Grid:
     """The grid of a raster file; a missing or unreadable file is a `RasterInputError` naming `what`."""
+    with open_raster(path, what) as ds:
+        return dataset_grid(ds, what)
+
+
+def open_raster(path: Path | str, what: str = "raster", **options: str) -> rasterio.DatasetReader:
+    """Open a raster for reading (GDAL open `options`, e.g. NUM_THREADS), without listing its folder (a product
+    folder or a store directory may hold thousands of files and no sidecar of ours); errors name `what`."""
     try:
-        with rasterio.open(path) as ds:
-            if ds.crs is None:
-                raise RasterInputError(f"the {what} {path} has no CRS", "give a georeferenced GeoTIFF")
-            crs = f"EPSG:{ds.crs.to_epsg()}" if ds.crs.to_epsg() else ds.crs.to_wkt()
-            return Grid(ds.width, ds.height, ds.transform, crs)
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            return rasterio.open(path, **options)
     except RasterioError as exc:
         raise RasterInputError(f"cannot open the {what} {path}: {exc}", "check the file exists and is a GeoTIFF"
                                ) from exc
 
 
-def require_grid(path: Path | str, expected: Grid, what: str) -> None:
-    """Refuse `path` unless it lies exactly on `expected` (same size, transform, CRS)."""
-    got = grid_of(path, what)
+def dataset_grid(ds: rasterio.DatasetReader, what: str = "raster") -> Grid:
+    """The grid of an open dataset; no CRS is a `RasterInputError`."""
+    if ds.crs is None:
+        raise RasterInputError(f"the {what} {ds.name} has no CRS", "give a georeferenced GeoTIFF")
+    crs = f"EPSG:{ds.crs.to_epsg()}" if ds.crs.to_epsg() else ds.crs.to_wkt()
+    return Grid(ds.width, ds.height, ds.transform, crs)
+
+
+def require_grid(path: Path | str | rasterio.DatasetReader, expected: Grid, what: str) -> None:
+    """Refuse `path` (or an open dataset) unless it lies exactly on `expected` (same size, transform, CRS)."""
+    got = dataset_grid(path, what) if isinstance(path, rasterio.DatasetReader) else grid_of(path, what)
     if not got.matches(expected):
         raise RasterInputError(
-            f"the {what} {Path(path).name} is {got.width}×{got.height} at {got.transform.c:.0f},"
+            f"the {what} {Path(getattr(path, 'name', path)).name} is {got.width}×{got.height} at {got.transform.c:.0f},"
             f"{got.transform.f:.0f} ({got.resolution:g} m, {got.crs}), not on the product's grid "
             f"{expected.width}×{expected.height} at {expected.transform.c:.0f},{expected.transform.f:.0f} "
             f"({expected.resolution:g} m, {expected.crs})",
@@ -164,7 +176,8 @@ def dask_client(settings: ProcessingSettings, work: int) -> Iterator["Client | N
     A scheduler address (`LANDSURF_PROCESSING_DASK_SCHEDULER`) always wins: the work leaves the machine (the files
     must then be readable by the workers at the same paths). Otherwise `work` (pixel-dates, or any measure of the
     job's size) below `dask_min_work` runs in-process — starting a cluster costs ~1–2 s, more than a small job —
-    and larger work starts a `LocalCluster` of `dask_workers` processes × 1 thread for the job.
+    and larger work starts a `LocalCluster` of `dask_workers` processes (threads with `dask_processes` false) × 1
+    thread for the job.
     """
     if settings.dask_scheduler:
         from distributed import Client
@@ -176,8 +189,9 @@ def dask_client(settings: ProcessingSettings, work: int) -> Iterator["Client | N
     else:
         from distributed import Client, LocalCluster
 
-        with LocalCluster(n_workers=settings.dask_workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, env={"GDAL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}) as cluster, \
+        one_thread = {"env": {"GDAL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}} if settings.dask_processes else {}
+        with LocalCluster(n_workers=settings.dask_workers, threads_per_worker=1, processes=settings.dask_processes,
+                          dashboard_address=":0", **one_thread) as cluster, \
                 Client(cluster, set_as_default=False) as client:
             yield client
 

@@ -17,3 +17,5 @@ class ProcessingSettings(BaseSettings):
                               "per task).")
     dask_min_work: int = Field(200_000_000, ge=0, description="Below this many pixel-dates a job runs in-process "
                                "(no cluster to start); at or above it, on the cluster.")
+    dask_processes: bool = Field(True, description="LocalCluster workers are processes (the GIL-free default); "
+                                 "false: threads of this process (where spawning processes is not allowed).")

@@ -37,7 +37,8 @@ from rasterio.windows import Window
 from catalog import __version__
 from ingest.model import CogFile, CogSet
 from processing.params import ParamsError, check_keys, load_params
-from processing.raster_io import BLOCK, Grid, RasterInputError, grid_of, require_grid, write_cog, write_bytes
+from processing.raster_io import (BLOCK, Grid, RasterInputError, dataset_grid, grid_of, open_raster, require_grid,
+                                  write_bytes, write_cog)
 
 NO_SNOW, SNOW, CLOUD, NODATA = 0, 100, 205, 254
 DEM_NODATA = -32768
@@ -156,9 +157,14 @@ def snow_map(inputs: SnowInputs, params: SnowParams, out_dir: Path, *, product_i
     """Classify one L2A into `out_dir/<product_id>_SNW_R2.tif` (+ `_MTD_ALL.xml`); `out_dir` is a staging
     directory (created; files are never overwritten)."""
     pid = product_id or snow_product_id(inputs.l2a_id)
-    grid, dem_window = _check_inputs(inputs, params)
     clock = time.perf_counter()
-    state, dem, hist, counts, kernel_s = _pass1(inputs, params, grid, dem_window, threads)
+    opened: dict[str, Any] = {}
+    try:
+        grid, dem_win = _open_inputs(inputs, params, threads, opened)
+        state, dem, hist, counts, kernel_s = _pass1(opened, params, grid, dem_win)
+    finally:
+        for ds in opened.values():
+            ds.close()
     pass1_s = time.perf_counter() - clock
     tick = time.perf_counter()
     zs = snowline(hist, params) if dem is not None else None
@@ -240,22 +246,32 @@ def metadata_xml(product: SnowProduct, params: SnowParams) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
-def _check_inputs(inputs: SnowInputs, params: SnowParams) -> tuple[Grid, Window | None]:
-    grid = grid_of(inputs.swir, "SWIR band (FRE_B11)")
-    require_grid(inputs.green, grid.scaled(2), "green band (FRE_B3)")
-    require_grid(inputs.red, grid.scaled(2), "red band (FRE_B4)")
-    require_grid(inputs.clm, grid, "cloud mask (CLM_R2)")
-    if inputs.mg2 is not None:
-        require_grid(inputs.mg2, grid, "geophysical mask (MG2_R2)")
-    elif params.water_mask:
-        raise RasterInputError(f"{inputs.l2a_id}: the parameter set asks for the water mask and no MG2_R2 is given",
-                               "give the L2A's MG2_R2")
-    return grid, (dem_window(inputs.dem, grid) if inputs.dem is not None else None)
+def _open_inputs(inputs: SnowInputs, params: SnowParams, threads: str, opened: dict[str, Any]
+                 ) -> tuple[Grid, Window | None]:
+    """Open every input once into `opened` (the caller closes them), check their grids, find the DEM window."""
+    def open_(key: str, path: Path, what: str) -> Any:
+        opened[key] = open_raster(path, what, NUM_THREADS=threads)
+        return opened[key]
+
+    grid = dataset_grid(open_("swir", inputs.swir, "SWIR band (FRE_B11)"), "SWIR band (FRE_B11)")
+    require_grid(open_("green", inputs.green, "green band (FRE_B3)"), grid.scaled(2), "green band (FRE_B3)")
+    require_grid(open_("red", inputs.red, "red band (FRE_B4)"), grid.scaled(2), "red band (FRE_B4)")
+    require_grid(open_("clm", inputs.clm, "cloud mask (CLM_R2)"), grid, "cloud mask (CLM_R2)")
+    if params.water_mask:
+        if inputs.mg2 is None:
+            raise RasterInputError(f"{inputs.l2a_id}: the parameter set asks for the water mask and no MG2_R2 is "
+                                   "given", "give the L2A's MG2_R2")
+        require_grid(open_("mg2", inputs.mg2, "geophysical mask (MG2_R2)"), grid, "geophysical mask (MG2_R2)")
+    if inputs.dem is None:
+        return grid, None
+    return grid, dem_window(open_("dem", inputs.dem, "DEM"), grid)
 
 
-def dem_window(dem: Path, grid: Grid) -> Window:
-    """Where `grid` lies in the DEM: the DEM must be on the same CRS and pixel size, aligned, and cover it."""
-    got = grid_of(dem, "DEM")
+def dem_window(dem: Path | Any, grid: Grid) -> Window:
+    """Where `grid` lies in the DEM (a path or an open dataset): the DEM must be on the same CRS and pixel size,
+    aligned, and cover it."""
+    got = dataset_grid(dem, "DEM") if hasattr(dem, "read") else grid_of(dem, "DEM")
+    name = Path(getattr(dem, "name", dem)).name
     t, g = got.transform, grid.transform
     col, row = (g.c - t.c) / t.a, (g.f - t.f) / t.e
     aligned = math.isclose(t.a, g.a) and math.isclose(t.e, g.e) and abs(col - round(col)) < 1e-6 and abs(
@@ -265,7 +281,7 @@ def dem_window(dem: Path, grid: Grid) -> Window:
         window.row_off + grid.height <= got.height)
     if not (aligned and inside and _crs_equal(got.crs, grid.crs)):
         raise RasterInputError(
-            f"the DEM {dem.name} ({got.width}×{got.height}, {got.resolution:g} m, {got.crs}) is not aligned on, or "
+            f"the DEM {name} ({got.width}×{got.height}, {got.resolution:g} m, {got.crs}) is not aligned on, or "
             f"does not cover, the product's 20 m grid ({grid.width}×{grid.height} at {g.c:.0f},{g.f:.0f}, {grid.crs})",
             "register the tile's DEM with `landsurf dem add TILE FILE` (it is resampled onto the tile grid)")
     return window
@@ -281,10 +297,11 @@ def _strip_rows(rf: int) -> int:
     return lcm * max(1, 1536 // lcm) if lcm <= 4096 else rf * max(1, 1024 // rf)
 
 
-def _pass1(inputs: SnowInputs, params: SnowParams, grid: Grid, dem_win: Window | None, threads: str
+def _pass1(opened: dict[str, Any], params: SnowParams, grid: Grid, dem_win: Window | None
            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, float]:
-    """Pass 0 and 1 strip by strip: a reader thread decodes strip k + 1 (GDAL, `threads`) into one of two buffer
-    sets while the kernel classifies strip k. Returns the state, the DEM, histograms, counts, kernel seconds."""
+    """Pass 0 and 1 strip by strip: a reader thread decodes strip k + 1 (GDAL's own threads too) into one of two
+    buffer sets while the kernel classifies strip k. Returns the state, the DEM, histograms, counts, kernel
+    seconds."""
     h, w = grid.height, grid.width
     state = np.empty((h, w), np.uint8)
     dem = np.empty((h, w), np.int16) if dem_win is not None else None
@@ -292,25 +309,19 @@ def _pass1(inputs: SnowInputs, params: SnowParams, grid: Grid, dem_win: Window |
     counts = np.zeros(2, np.int64)
     kparams = _kernel_params(params)
     rows = min(_strip_rows(params.rf), h)
-    paths = {"green": inputs.green, "red": inputs.red, "swir": inputs.swir, "clm": inputs.clm}
-    if inputs.mg2 is not None and params.water_mask:
-        paths["mg2"] = inputs.mg2
+    bands = [k for k in ("green", "red", "swir", "clm", "mg2") if k in opened]
     scale = {"green": 2, "red": 2}
     dtypes = {"green": np.int16, "red": np.int16, "swir": np.int16, "clm": np.uint8, "mg2": np.uint8}
-    buffers = [{k: np.empty((rows * scale.get(k, 1), w * scale.get(k, 1)), dtypes[k]) for k in paths}
-               for _ in range(2)]
-    opened: dict[str, Any] = {}
+    starts = list(range(0, h, rows))
+    buffers = [{k: np.empty((rows * scale.get(k, 1), w * scale.get(k, 1)), dtypes[k]) for k in bands}
+               for _ in range(min(2, len(starts)))]
     kernel_s = 0.0
 
     def read(start: int, buf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         stop = min(start + rows, h)
         out = {}
         with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB):  # each block is decoded once: no cache to keep
-            if not opened:
-                opened.update({k: rasterio.open(p, NUM_THREADS=threads) for k, p in paths.items()})
-                if dem_win is not None:
-                    opened["dem"] = rasterio.open(inputs.dem, NUM_THREADS=threads)
-            for key in paths:
+            for key in bands:
                 f = scale.get(key, 1)
                 n = (stop - start) * f
                 out[key] = opened[key].read(1, window=Window(0, start * f, w * f, n), out=buf[key][:n])
@@ -319,23 +330,18 @@ def _pass1(inputs: SnowInputs, params: SnowParams, grid: Grid, dem_win: Window |
                                    out=dem[start:stop])
         return out
 
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="snow-read") as reader:
-            starts = list(range(0, h, rows))
-            pending = reader.submit(read, starts[0], buffers[0])
-            for i, start in enumerate(starts):
-                block = pending.result()
-                if i + 1 < len(starts):
-                    pending = reader.submit(read, starts[i + 1], buffers[(i + 1) % 2])
-                stop = min(start + rows, h)
-                mg2, dem_strip = _optional(block.get("mg2"), dem[start:stop] if dem is not None else None)
-                tick = time.perf_counter()
-                _classify_strip(block["green"], block["red"], block["swir"], block["clm"], mg2, dem_strip,
-                                state[start:stop], hist, counts, *kparams)
-                kernel_s += time.perf_counter() - tick
-    finally:
-        for ds in opened.values():
-            ds.close()
+    with ThreadPoolExecutor(1, thread_name_prefix="snow-read") as reader:
+        pending = reader.submit(read, starts[0], buffers[0])
+        for i, start in enumerate(starts):
+            block = pending.result()
+            if i + 1 < len(starts):
+                pending = reader.submit(read, starts[i + 1], buffers[(i + 1) % 2])
+            stop = min(start + rows, h)
+            mg2, dem_strip = _optional(block.get("mg2"), dem[start:stop] if dem is not None else None)
+            tick = time.perf_counter()
+            _classify_strip(block["green"], block["red"], block["swir"], block["clm"], mg2, dem_strip,
+                            state[start:stop], hist, counts, *kparams)
+            kernel_s += time.perf_counter() - tick
     return state, dem, hist, counts, kernel_s
 
 

@@ -21,6 +21,7 @@ S2_L2A = "sentinel2-l2a"
 S2_SNOW = "sentinel2-snow"
 S2_L3A = "sentinel2-l3a"
 S2_SCD = "sentinel2-snow-duration"
+DEM = "dem"
 VENUS_L2A = "venus-l2a"
 LANDSAT8_L2A = "landsat8-l2a"
 
@@ -146,6 +147,10 @@ def snow_item_assets() -> dict[str, dict]:
     }
 
 
+def dem_item_assets() -> dict[str, dict]:
+    return {"DEM": _mask_asset("Elevation (m)", "R2", ["data", "elevation"], "int16", nodata=-32768, unit="m")}
+
+
 def scd_item_assets() -> dict[str, dict]:
     def band(title: str) -> dict:
         return _mask_asset(title, "R2", ["data"], "uint16")
@@ -192,8 +197,8 @@ class CollectionSpec:
                 "temporal": {"interval": [[self.start, None]]},
             },
             "summaries": {
-                "platform": self.platforms,
-                "constellation": sorted({p.rsplit("-", 1)[0] for p in self.platforms}),
+                **({"platform": self.platforms,
+                    "constellation": sorted({p.rsplit("-", 1)[0] for p in self.platforms})} if self.platforms else {}),
                 "processing:level": self.levels,
                 "eo:cloud_cover": {"minimum": 0, "maximum": 100},
                 **self.extra_summaries,
@@ -240,6 +245,12 @@ COLLECTIONS: dict[str, CollectionSpec] = {
             "Snow cover duration, onset and melt-out dates per hydrological year (1 Sept – 31 Aug), 20 m.",
             S2_KEYWORDS + ["snow", "L3B", "snow cover duration"], scd_item_assets(), S2_PLATFORMS, ["L3B"],
             "2015-09-01T00:00:00Z",
+        ),
+        CollectionSpec(
+            DEM, "Elevation per Sentinel-2 tile (20 m)",
+            "A digital elevation model on each tile's 20 m grid (int16 metres), one current item per tile, "
+            "registered once (`landsurf dem add TILE FILE`); the snow maps read it for the snowline and pass 2.",
+            ["DEM", "elevation", "Sentinel-2 tile grid"], dem_item_assets(), [], ["DEM"], "2000-01-01T00:00:00Z",
         ),
         # Ready for Venµs and Landsat 8 L2A: declared, not created until their readers exist.
         CollectionSpec(

@@ -27,6 +27,7 @@ from typing import Any
 from catalog.collections import processing_software
 from catalog.errors import BadRequest
 from ingest.model import CogFile
+from ingest.settings import IngestSettings
 from processing.l3a_block import GROUPS, BlockTask, DateGrids, DateInput, KernelParams, close_datasets, run_block
 from processing.l3a_output import MtdFacts, build_mtd, encode_cog, output_bands, write_vrt
 from processing.l3a_weights import date_weight, directional_grid, read_cloud_grid, read_geometry
@@ -196,13 +197,15 @@ def _grids(inputs: Sequence[L3AInput]) -> dict[str, Grid]:
     return grids
 
 
-def date_grids(date_input: DateInput, mtd: str | None, params: L3AParams) -> DateGrids:
-    """Pass 1 for one date (runs on a worker): W_cloud at 240 m and the directional factors of each group."""
+def date_grids(date_input: DateInput, mtd: str | None, params: L3AParams, extent_m: tuple[float, float]
+               ) -> DateGrids:
+    """Pass 1 for one date (runs on a worker): W_cloud at 240 m and the directional factors of each group over a
+    product of `extent_m` (height, width in metres)."""
     cloud = read_cloud_grid(Path(date_input.files["CLM_R2"]), params.cloud_mask_bits, params.coarse_resolution_m,
                             threshold=params.cloud_threshold, sigma_small=params.cloud_sigma_small_px,
                             sigma_large=params.cloud_sigma_large_px)
     geometry = read_geometry(Path(mtd) if mtd else None, BANDS)
-    factors = {g: directional_grid(geometry, GROUPS[g][0], params.scattering) for g in GROUPS}
+    factors = {g: directional_grid(geometry, GROUPS[g][0], params.scattering, extent_m) for g in GROUPS}
     return DateGrids(cloud, factors, geometry.source)
 
 
@@ -223,11 +226,14 @@ def _plan(grid_r2: Grid, scratch: Path, columns: int, block: tuple[int, int] | N
 
 def synthesize(inputs: Sequence[L3AInput], when: date, params: L3AParams, out_dir: Path, *, version: str = "1-0",
                scheduler: str | None = None, settings: ProcessingSettings | None = None,
-               block: tuple[int, int] | None = None, progress: Progress | None = None) -> L3AProduct:
+               block: tuple[int, int] | None = None, compress: str | None = None,
+               progress: Progress | None = None) -> L3AProduct:
     """Write the L3A of `when` from `inputs` into `out_dir/<ID>/` and describe it.
 
     `scheduler`: None follows the settings (`dask_scheduler`, else a LocalCluster for large work, else in-process);
     `"inline"` runs in this process; `"local"` forces a LocalCluster; anything else is a Dask scheduler address.
+    `compress`: the COG compression, by default the one ingest publishes L2As with (`LANDSURF_INGEST_COMPRESS`).
+    `block` (R2 rows, columns) overrides the block shape. `progress(stage, done, total)` follows the passes.
     The folder appears complete or not at all (written as `.<ID>.part`, then renamed).
     """
     started = time.perf_counter()
@@ -255,14 +261,17 @@ def synthesize(inputs: Sequence[L3AInput], when: date, params: L3AParams, out_di
             tasks = _plan(grids["R2"], scratch, max(2, workers), block)
             run = _Runner(client, progress)
             t0 = time.perf_counter()
-            per_date = run.map("grids", date_grids, [(d, m, params) for d, m in zip(dates, mtds)])
+            r2 = grids["R2"]
+            extent = (r2.height * r2.resolution, r2.width * r2.resolution)
+            per_date = run.map("grids", date_grids, [(d, m, params, extent) for d, m in zip(dates, mtds)])
             timings["grids_s"] = time.perf_counter() - t0
             grids_ref = run.share(per_date)
             t0 = time.perf_counter()
             blocks = run.map("blocks", run_block, [(t, dates, grids_ref, params.kernel()) for t in tasks])
             timings["blocks_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            files = _encode(run, part, pid, blocks, grids, threads="1" if client is not None else "ALL_CPUS")
+            files = _encode(run, part, pid, blocks, grids, "1" if client is not None else "ALL_CPUS",
+                            compress or IngestSettings().compress)
             timings["encode_s"] = time.perf_counter() - t0
             if client is not None:
                 client.run(close_datasets)
@@ -303,8 +312,8 @@ def _half_up(x: float) -> int:
     return int(x + 0.5)
 
 
-def _encode(run: "_Runner", part: Path, pid: str, blocks: list, grids: dict[str, Grid], threads: str
-            ) -> dict[str, CogFile]:
+def _encode(run: "_Runner", part: Path, pid: str, blocks: list, grids: dict[str, Grid], threads: str,
+            compress: str) -> dict[str, CogFile]:
     from rasterio.crs import CRS
 
     args = []
@@ -313,7 +322,7 @@ def _encode(run: "_Runner", part: Path, pid: str, blocks: list, grids: dict[str,
         t = grid.transform
         vrt = write_vrt(part / "blocks" / f"{band.key}.vrt", band, blocks, (grid.height, grid.width),
                         CRS.from_user_input(grid.crs).to_wkt(), (t.a, t.b, t.c, t.d, t.e, t.f))
-        args.append((str(vrt), str(part / f"{pid}_{band.key}.tif"), band.key, band.continuous, threads))
+        args.append((str(vrt), str(part / f"{pid}_{band.key}.tif"), band.key, band.continuous, threads, compress))
     return {cog.key: cog for cog in run.map("encode", encode_cog, args)}
 
 

@@ -2,9 +2,9 @@
 write the block's outputs as plain GeoTIFF pieces.
 
 A block is a window of whole 512-pixel COG blocks at both resolutions (512 R2 rows = 1024 R1 rows), so every input
-block is decoded exactly once. Its state and read buffers are allocated once and reused for every date: memory per
-block does not depend on the number of dates. Datasets stay open per worker thread (a small LRU), so a worker
-running many blocks opens each input once.
+block is decoded exactly once. Its state and read buffers (`GROUP_DATES` dates) are allocated once and reused for
+every group of dates: memory per block does not depend on the number of dates. Datasets stay open per worker
+thread (a small LRU), so a worker running many blocks opens each input once.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from processing.raster_io import RasterInputError
 GROUPS = {"R1": (("B2", "B3", "B4", "B8"), 10.0, 2), "R2": (("B5", "B6", "B7", "B8A", "B11", "B12"), 20.0, 1)}
 READ_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_PAM_ENABLED": "NO"}
 OPEN_CACHE = 512
+GROUP_DATES = 4  # dates read, then folded together: the state crosses memory once per group
+BLOCK_CACHE = 128 << 20  # GDAL's block cache (bytes) while a block runs: each input block is decoded once, so a
+# larger cache (GDAL's default is 5 % of RAM per process) would only hold dead blocks
 _local = threading.local()
 
 
@@ -112,30 +115,31 @@ def _read(path: str, band: int, window: Window, out: np.ndarray) -> None:
 
 
 class _Group:
-    """State and read buffers of one resolution group of a block."""
+    """State and read buffers (one slot per date of a group) of one resolution group of a block."""
 
-    def __init__(self, name: str, task: BlockTask) -> None:
+    def __init__(self, name: str, task: BlockTask, slots: int) -> None:
         self.name = name
         self.bands, self.resolution, self.scale = GROUPS[name]
         self.row0, self.col0 = task.row0 * self.scale, task.col0 * self.scale
         self.rows, self.cols = task.rows * self.scale, task.cols * self.scale
         shape, nb = (self.rows, self.cols), len(self.bands)
         self.window = Window(self.col0, self.row0, self.cols, self.rows)
-        self.refl = np.empty((nb, *shape), np.int16)
-        self.clm, self.mg2, self.aot = (np.empty(shape, np.uint8) for _ in range(3))
+        self.refl = np.empty((slots, nb, *shape), np.int16)
+        self.clm, self.mg2, self.aot = (np.empty((slots, *shape), np.uint8) for _ in range(3))
         self.acc = np.zeros((nb, *shape), np.float32)
         self.wsum, self.dsum = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         self.blue = np.full(shape, np.inf, np.float32)
         self.flag, self.nobs = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
-        self.blue_now = np.empty(shape, np.float32) if name == "R2" else None
+        # the blue of the cloud rule: B2 itself at 10 m, B2 averaged to 20 m for the 20 m bands
+        self.blue_now = np.empty((slots, *shape), np.float32) if name == "R2" else self.refl[:, 0]
         self._axes: dict[tuple, tuple] = {}
 
-    def read(self, date: DateInput) -> None:
+    def read(self, date: DateInput, slot: int) -> None:
         for i, band in enumerate(self.bands):
-            _read(date.files[f"FRE_{band}"], 1, self.window, self.refl[i])
-        _read(date.files[f"CLM_{self.name}"], 1, self.window, self.clm)
-        _read(date.files[f"MG2_{self.name}"], 1, self.window, self.mg2)
-        _read(date.files[f"ATB_{self.name}"], 2, self.window, self.aot)
+            _read(date.files[f"FRE_{band}"], 1, self.window, self.refl[slot, i])
+        _read(date.files[f"CLM_{self.name}"], 1, self.window, self.clm[slot])
+        _read(date.files[f"MG2_{self.name}"], 1, self.window, self.mg2[slot])
+        _read(date.files[f"ATB_{self.name}"], 2, self.window, self.aot[slot])
 
     def axes(self, grid: CoarseGrid) -> tuple:
         """Row and column interpolation tables for a coarse grid (cached per grid geometry)."""
@@ -146,14 +150,17 @@ class _Group:
                                *axis_samples(self.col0, self.cols, self.resolution, grid.step, grid.offset, cols))
         return self._axes[key]
 
-    def fold(self, date: DateInput, grids: DateGrids, kp: KernelParams, blue_now: np.ndarray) -> None:
-        cy0, cy1, cfy, cx0, cx1, cfx = self.axes(grids.cloud)
-        factors = grids.factors[self.name]
-        fy0, fy1, ffy, fx0, fx1, ffx = self.axes(factors)
-        update(self.refl, self.clm, self.mg2, self.aot, blue_now, kp.cloud_bits,
-               grids.cloud.values, cy0, cy1, cfy, cx0, cx1, cfx,
-               factors.values, fy0, fy1, ffy, fx0, fx1, ffx, date.correct,
-               date.w_date, date.day, kp.aot_scale, kp.aot_max, kp.w_min, kp.w_max,
+    def fold(self, dates: Sequence[DateInput], grids: Sequence[DateGrids], kp: KernelParams) -> None:
+        """Fold the dates held in the first len(dates) slots."""
+        clouds = np.stack([g.cloud.values for g in grids])
+        factors = np.stack([g.factors[self.name].values for g in grids])
+        cy0, cy1, cfy, cx0, cx1, cfx = self.axes(grids[0].cloud)
+        fy0, fy1, ffy, fx0, fx1, ffx = self.axes(grids[0].factors[self.name])
+        update(self.refl, self.clm, self.mg2, self.aot, self.blue_now, len(dates), kp.cloud_bits,
+               clouds, cy0, cy1, cfy, cx0, cx1, cfx,
+               factors, fy0, fy1, ffy, fx0, fx1, ffx, np.array([d.correct for d in dates]),
+               np.array([d.w_date for d in dates], np.float64), np.array([d.day for d in dates], np.int64),
+               kp.aot_scale, kp.aot_max, kp.w_min, kp.w_max,
                self.acc, self.wsum, self.dsum, self.blue, self.flag, self.nobs)
 
     def write(self, task: BlockTask) -> tuple[str, str]:
@@ -176,17 +183,24 @@ class _Group:
         return f"{base}_i16.tif", f"{base}_u8.tif"
 
 
-def run_block(task: BlockTask, dates: Sequence[DateInput], grids: Sequence[DateGrids], kp: KernelParams
-              ) -> BlockOutput:
-    """Synthesize one block over every date (in the given order, as WASP folds them) and write its pieces."""
-    r1, r2 = _Group("R1", task), _Group("R2", task)
-    for date, date_grids in zip(dates, grids, strict=True):
-        r1.read(date)
-        r1.fold(date, date_grids, kp, r1.refl[0])
-        r2.read(date)
-        blue_at_half(r1.refl[0], r2.blue_now)
-        r2.fold(date, date_grids, kp, r2.blue_now)
-    pieces = {"R1": r1.write(task), "R2": r2.write(task)}
+def run_block(task: BlockTask, dates: Sequence[DateInput], grids: Sequence[DateGrids], kp: KernelParams,
+              group: int = GROUP_DATES) -> BlockOutput:
+    """Synthesize one block over every date (in the given order, as WASP folds them) and write its pieces.
+
+    Dates are read `group` at a time into the block's buffers, then folded together (memory: the state plus
+    `group` dates, whatever the number of dates)."""
+    slots = max(1, min(group, len(dates)))
+    r1, r2 = _Group("R1", task, slots), _Group("R2", task, slots)
+    with rasterio.Env(GDAL_CACHEMAX=BLOCK_CACHE):
+        for start in range(0, len(dates), slots):
+            chunk, chunk_grids = dates[start:start + slots], grids[start:start + slots]
+            for slot, date in enumerate(chunk):
+                r1.read(date, slot)
+                r2.read(date, slot)
+                blue_at_half(r1.refl[slot, 0], r2.blue_now[slot])
+            r1.fold(chunk, chunk_grids, kp)
+            r2.fold(chunk, chunk_grids, kp)
+        pieces = {"R1": r1.write(task), "R2": r2.write(task)}
     counts = np.bincount(r2.flag.ravel(), minlength=5)[:5]
     return BlockOutput(task.index, pieces, (task.row0, task.rows, task.col0, task.cols),
                        tuple(int(x) for x in counts))

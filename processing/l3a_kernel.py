@@ -1,8 +1,9 @@
-"""The per-pixel L3A update, fused in one numba loop: one pass over a block per input date, whatever the bands.
+"""The per-pixel L3A update, fused in one numba kernel: each input byte read once, the state once per group of dates.
 
-Why one fused loop: the update reads ten int16 bands and three masks and updates float accumulators; numpy would
-make a temporary per operation (classification, weights, interpolation, ten weighted sums) and run at a few per
-cent of the memory bandwidth; one loop touches each byte once (docs/benchmarks.md measures it against a copy).
+Why fused: the update reads the bands and three masks of a date and updates float accumulators; numpy would make a
+temporary per operation (classification, weights, interpolation, weighted sums) and run at a few per cent of the
+memory bandwidth. The kernel walks rows, folds every date of a group into a row while it is in cache, and keeps
+the common land path free of branches (docs/benchmarks.md measures it against a copy).
 
 State of a block (one resolution group), WASP's `UpdateSynthesisFunctor` rules (products.md §4):
 * land (not cloud, water or snow): acc[b] += w·ρ[b] (ρ directionally corrected), wsum += w, dsum += w·day,
@@ -21,19 +22,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from processing.l3a_weights import land_weight
 
 NODATA_FLAG, CLOUD, SNOW, WATER, LAND = 0, 1, 2, 3, 4  # FLG codes (WASP; 5 shadow and 6 saturation unused)
 NODATA = -10000
 W_FLOOR = 1e-6
 WGT_SCALE = 1000.0
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _bilinear(grid, i0, i1, fy, j0, j1, fx):
-    top = grid[i0, j0] + (grid[i0, j1] - grid[i0, j0]) * fx
-    bottom = grid[i1, j0] + (grid[i1, j1] - grid[i1, j0]) * fx
-    return top + (bottom - top) * fy
 
 
 def axis_samples(start: int, count: int, resolution: float, step: float, offset: float, size: int
@@ -48,64 +41,127 @@ def axis_samples(start: int, count: int, resolution: float, step: float, offset:
 
 
 @njit(nogil=True, cache=True)
-def update(refl, clm, mg2, aot, blue_now, cloud_bits,
+def _grid_row(grid, i, j0, j1, fx, out):
+    """Row `i` of a coarse grid, linearly interpolated at the pixel columns (j0, j1, fx)."""
+    for c in range(out.shape[0]):
+        a = grid[i, j0[c]]
+        out[c] = a + (grid[i, j1[c]] - a) * fx[c]
+
+
+@njit(nogil=True, cache=True)
+def _lerp(top, bottom, fy, out):
+    for c in range(out.shape[0]):
+        out[c] = top[c] + (bottom[c] - top[c]) * fy
+
+
+@njit(nogil=True, cache=True)
+def update(refl, clm, mg2, aot, blue_now, count, cloud_bits,
            cgrid, cy0, cy1, cfy, cx0, cx1, cfx,
            fgrid, fy0, fy1, ffy, fx0, fx1, ffx, correct,
            w_date, day, aot_scale, aot_max, w_min, w_max,
            acc, wsum, dsum, blue, flag, nobs):
-    """Fold one input date into the state of a block (see the module docstring)."""
-    nb, rows, cols = refl.shape
+    """Fold `count` input dates (the first of the group buffers, in order) into the state of a block.
+
+    Inputs are stacked by date: refl (dates, bands, rows, cols), clm/mg2/aot/blue_now (dates, rows, cols), cgrid
+    (dates, …) and fgrid (dates, bands, …) on shared axes; correct, w_date, day per date. Rows are the outer loop and
+    dates the inner one, so a row of the state stays in cache while every date of the group folds into it: the
+    state crosses memory once per group, not once per date.
+
+    Per row and date, in passes the compiler vectorises: the coarse grids interpolated at every column (the two
+    coarse rows around it are cached until the row crosses one); each pixel's kind and land weight (0 unless land);
+    every band updated without a branch — `keep` is 0 where a first land observation replaces a kept snow, water or
+    cloud value. The rarer snow, water and cloud pixels are then handled one by one (spatially coherent, so their
+    branches are predictable). W_aot is `land_weight`'s formula in branch-free form."""
+    _, nb, rows, cols = refl.shape
+    w_cloud = np.empty(cols, np.float32)
+    factor = np.ones((nb, cols), np.float32)
+    cloud_rows = np.empty((count, 2, cols), np.float32)
+    factor_rows = np.ones((count, 2, nb, cols), np.float32)
+    weight = np.empty(cols, np.float32)
+    keep = np.empty(cols, np.float32)
+    kind = np.empty(cols, np.uint8)  # 0 skip (no-data), 1 land, 2 snow or water, 3 cloud
+    # W_aot = max(w_min, w_max − (w_max − w_min)·AOT/AOT_max): linear down to w_min at AOT_max, never below
+    w_lo, w_hi = np.float32(w_min), np.float32(w_max)
+    slope = np.float32((w_max - w_min) / (aot_scale * aot_max))
+    zero, one, floor = np.float32(0), np.float32(1), np.float32(W_FLOOR)
+    last_c0, last_c1, last_f0, last_f1 = -1, -1, -1, -1
     for r in range(rows):
-        a0, a1, ay = cy0[r], cy1[r], cfy[r]
-        b0, b1, by = fy0[r], fy1[r], ffy[r]
-        for c in range(cols):
-            valid = True
-            for b in range(nb):
-                if refl[b, r, c] == NODATA:
-                    valid = False
-                    break
-            if not valid:
-                continue
-            cloud = (clm[r, c] & cloud_bits) != 0
-            water = (mg2[r, c] & 1) != 0
-            snow = (mg2[r, c] & 4) != 0
-            state = flag[r, c]
-            if not (cloud or water or snow):
-                w_cloud = _bilinear(cgrid, a0, a1, ay, cx0[c], cx1[c], cfx[c])
-                w = land_weight(w_date, aot[r, c], w_cloud, aot_scale, aot_max, w_min, w_max)
-                if w < W_FLOOR:
-                    w = W_FLOOR
-                if state != LAND:
+        new_c = cy0[r] != last_c0 or cy1[r] != last_c1  # crossed a coarse row: every 24 or 12 pixel rows
+        new_f = fy0[r] != last_f0 or fy1[r] != last_f1
+        last_c0, last_c1, last_f0, last_f1 = cy0[r], cy1[r], fy0[r], fy1[r]
+        for g in range(count):
+            if new_c:
+                _grid_row(cgrid[g], cy0[r], cx0, cx1, cfx, cloud_rows[g, 0])
+                _grid_row(cgrid[g], cy1[r], cx0, cx1, cfx, cloud_rows[g, 1])
+            _lerp(cloud_rows[g, 0], cloud_rows[g, 1], cfy[r], w_cloud)
+            if correct[g]:
+                if new_f:
                     for b in range(nb):
-                        acc[b, r, c] = 0.0
-                    wsum[r, c] = 0.0
-                    dsum[r, c] = 0.0
-                    flag[r, c] = LAND
+                        _grid_row(fgrid[g, b], fy0[r], fx0, fx1, ffx, factor_rows[g, 0, b])
+                        _grid_row(fgrid[g, b], fy1[r], fx0, fx1, ffx, factor_rows[g, 1, b])
                 for b in range(nb):
-                    value = np.float32(refl[b, r, c])
-                    if correct:
-                        corrected = value * _bilinear(fgrid[b], b0, b1, by, fx0[c], fx1[c], ffx[c])
-                        if corrected >= 0:
-                            value = corrected
-                    acc[b, r, c] += w * value
-                wsum[r, c] += w
-                dsum[r, c] += w * day
-                if nobs[r, c] < 255:
-                    nobs[r, c] += 1
-            elif not cloud:
-                if state != LAND:
-                    for b in range(nb):
-                        acc[b, r, c] = refl[b, r, c]
-                    dsum[r, c] = day
-                    flag[r, c] = WATER if water else SNOW
+                    _lerp(factor_rows[g, 0, b], factor_rows[g, 1, b], ffy[r], factor[b])
             else:
-                darker = state == CLOUD and blue_now[r, c] < blue[r, c]
-                if state == NODATA_FLAG or darker:
-                    for b in range(nb):
-                        acc[b, r, c] = refl[b, r, c]
-                    dsum[r, c] = day
-                    blue[r, c] = blue_now[r, c]
-                    flag[r, c] = CLOUD
+                factor[:] = one
+            dayf = np.float32(day[g])
+            for c in range(cols):
+                kind[c] = np.uint8(1)
+            for b in range(nb):
+                for c in range(cols):
+                    kind[c] = kind[c] if refl[g, b, r, c] != NODATA else np.uint8(0)
+            others = 0
+            wd = np.float32(w_date[g])
+            for c in range(cols):
+                cloud = np.uint8((clm[g, r, c] & cloud_bits) != 0)
+                surface = np.uint8((mg2[g, r, c] & 5) != 0)  # water (bit 0) or snow (bit 2)
+                k = kind[c] * (np.uint8(1) + (surface | cloud) + cloud)
+                kind[c] = k
+                others += np.int64(k > 1)
+                land = k == 1
+                wa = w_hi - slope * np.float32(aot[g, r, c])
+                wa = wa if wa > w_lo else w_lo
+                wc = w_cloud[c]
+                wc = wc if wc < one else one
+                wc = wc if wc > zero else zero
+                w = wd * wa * wc
+                w = w if w > floor else floor
+                weight[c] = w if land else zero
+                keep[c] = zero if (land and flag[r, c] != LAND) else one
+            for b in range(nb):
+                for c in range(cols):
+                    value = np.float32(refl[g, b, r, c])
+                    if value >= 0:
+                        value *= factor[b, c]  # WASP keeps a negative value uncorrected
+                    acc[b, r, c] = acc[b, r, c] * keep[c] + weight[c] * value
+            for c in range(cols):
+                land = kind[c] == 1
+                wsum[r, c] = wsum[r, c] * keep[c] + weight[c]
+                dsum[r, c] = dsum[r, c] * keep[c] + weight[c] * dayf
+                nobs[r, c] += np.uint8(1) if land and nobs[r, c] < 255 else np.uint8(0)
+                flag[r, c] = LAND if land else flag[r, c]
+            if others > 0:
+                _others(refl[g], mg2[g], blue_now[g], r, kind, dayf, acc, dsum, blue, flag)
+
+
+@njit(nogil=True, cache=True)
+def _others(refl, mg2, blue_now, r, kind, dayf, acc, dsum, blue, flag):  # one date: refl (bands, rows, cols)
+    """Snow, water and cloud pixels of row `r`: WASP's replacement rules."""
+    nb = refl.shape[0]
+    for c in range(kind.shape[0]):
+        state = flag[r, c]
+        if kind[c] == 2:
+            if state != LAND:
+                for b in range(nb):
+                    acc[b, r, c] = refl[b, r, c]
+                dsum[r, c] = dayf
+                flag[r, c] = WATER if (mg2[r, c] & 1) != 0 else SNOW
+        elif kind[c] == 3:
+            if state == NODATA_FLAG or (state == CLOUD and blue_now[r, c] < blue[r, c]):
+                for b in range(nb):
+                    acc[b, r, c] = refl[b, r, c]
+                dsum[r, c] = dayf
+                blue[r, c] = blue_now[r, c]
+                flag[r, c] = CLOUD
 
 
 @njit(nogil=True, cache=True)

@@ -175,19 +175,29 @@ def directional_factor(sun_zenith, sun_azimuth, view_zenith, view_azimuth, k_v: 
     return np.where(np.isfinite(factor) & (factor > 0), factor, 1.0)
 
 
-def directional_grid(geometry: ViewGeometry, bands: Sequence[str], coefficients: Mapping[str, Sequence[float]]
-                     ) -> CoarseGrid:
-    """The factor of each band at the angle-grid nodes: (bands, rows, cols) float32; 1 where angles are missing."""
-    shape = geometry.sun_zenith.shape
+def directional_grid(geometry: ViewGeometry, bands: Sequence[str], coefficients: Mapping[str, Sequence[float]],
+                     extent_m: tuple[float, float]) -> CoarseGrid:
+    """The factor of each band at the angle-grid nodes over a product of `extent_m` (height, width in metres):
+    (bands, rows, cols) float32 with nodes on the grid's corners, 1 where angles are missing. Means give a constant
+    grid of the same shape, so that every date of a synthesis has the same geometry."""
+    step = geometry.step if geometry.source == "grids" else 5000.0
+    shape = (math.ceil(extent_m[0] / step) + 1, math.ceil(extent_m[1] / step) + 1)
     out = np.ones((len(bands), *shape), np.float32)
     for i, band in enumerate(bands):
         if band not in geometry.view:
             continue
-        zen, azi = (np.broadcast_to(a, shape) for a in geometry.view[band])
+        zen, azi = geometry.view[band]
         k_v, k_r = coefficients[band]
-        out[i] = directional_factor(geometry.sun_zenith, geometry.sun_azimuth, zen, azi, k_v, k_r)
-    offset = 0.0 if geometry.source == "grids" else 0.5
-    return CoarseGrid(out, geometry.step, offset)
+        values = directional_factor(geometry.sun_zenith, geometry.sun_azimuth, zen, azi, k_v, k_r)
+        out[i] = _fit(values, shape)
+    return CoarseGrid(out, step, 0.0)
+
+
+def _fit(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A grid cropped or edge-padded to `shape` (a 1×1 grid becomes a constant)."""
+    values = values[: shape[0], : shape[1]]
+    pad = ((0, shape[0] - values.shape[0]), (0, shape[1] - values.shape[1]))
+    return np.pad(values, pad, mode="edge")
 
 
 def _strip(doc: ET.Element) -> ET.Element:

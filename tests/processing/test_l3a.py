@@ -30,7 +30,7 @@ from ingest.synthetic.noise import dilate
 from ingest.synthetic.spectra import BANDS, FRESH_SNOW, OLD_SNOW, ROCK, VEGETATION, class_spectra
 from processing.l3a import (L3AInput, L3AInputError, L3AParams, l3a_input, platform_of, synthesis_date,
                             synthesize)
-from processing.l3a_block import BlockTask, DateInput, run_block
+from processing.l3a_block import GROUP_DATES, BlockTask, DateInput, run_block
 from processing.l3a_kernel import CLOUD, LAND, NODATA, SNOW, WATER, finish, update
 from processing.l3a_weights import (cloud_weight_grid, date_weight, directional_factor,
                                     gaussian_blur, land_weight, read_geometry)
@@ -233,17 +233,19 @@ def test_small_blocks_and_a_dask_cluster_give_the_same_product(month, lambertian
 
 
 def test_memory_of_a_block_is_flat_in_the_number_of_dates(month, lambertian, tmp_path):
+    """Python-side allocations (numpy's, which tracemalloc sees) of a block with 4 and with 8 dates."""
     inputs, _ = month
     from processing.l3a import date_grids
 
     dates = [DateInput(i.product_id, {k: str(v) for k, v in i.files.items()}, (i.acquired.date() - WHEN).days,
                        1.0, False) for i in inputs]
-    grids = [date_grids(d, None, lambertian) for d in dates]
     with rasterio.open(inputs[0].files["FRE_B5"]) as ds:
         t = ds.transform
+        grids = [date_grids(d, None, lambertian, (ds.height * 20, ds.width * 20)) for d in dates]
         task = BlockTask(0, 0, ds.height, 0, ds.width, "", ds.crs.to_string(), (t.a, t.b, t.c, t.d, t.e, t.f))
     peaks = []
-    for n in (2, len(dates)):
+    assert len(dates) >= 2 * GROUP_DATES
+    for n in (GROUP_DATES, len(dates)):  # one group of dates, then two: the same buffers
         (tmp_path / str(n)).mkdir()
         run_block(replace(task, scratch=str(tmp_path / str(n))), dates[:n], grids[:n], lambertian.kernel())
         tracemalloc.start()
@@ -315,22 +317,27 @@ def test_blur_conserves_a_constant_field():
         assert np.allclose(gaussian_blur(np.ones((30, 50)), sigma), 1.0)
 
 
-def _fold(dates_refl, days, w_dates, aot, w_cloud, clm=None, mg2=None):
-    """Run the kernel over in-memory dates of one block (R1 layout, 4 bands) and finish it."""
+def _fold(dates_refl, days, w_dates, aot, w_cloud, clm=None, mg2=None, group=4):
+    """Run the kernel over in-memory dates of one block (R1 layout, 4 bands), `group` dates per call, and finish."""
     nb, rows, cols = dates_refl[0].shape
     acc = np.zeros((nb, rows, cols), np.float32)
     wsum, dsum = np.zeros((rows, cols), np.float32), np.zeros((rows, cols), np.float32)
     blue = np.full((rows, cols), np.inf, np.float32)
     flag, nobs = np.zeros((rows, cols), np.uint8), np.zeros((rows, cols), np.uint8)
-    zeros = np.zeros((rows, cols), np.uint8)
+    zeros = np.zeros((len(dates_refl), rows, cols), np.uint8)
+    clm = zeros if clm is None else clm
+    mg2 = zeros if mg2 is None else mg2
     idx = np.zeros(max(rows, cols), np.int32)
     frac = np.zeros(max(rows, cols), np.float32)
-    grid = np.full((1, 1), w_cloud, np.float32)
-    ones = np.ones((nb, 1, 1), np.float32)
-    for k, refl in enumerate(dates_refl):
-        update(refl, zeros if clm is None else clm[k], zeros if mg2 is None else mg2[k], aot, refl[0], 1,
-               grid, idx, idx, frac, idx, idx, frac, ones, idx, idx, frac, idx, idx, frac, False,
-               w_dates[k], days[k], 200.0, 0.8, 0.33, 1.0, acc, wsum, dsum, blue, flag, nobs)
+    for start in range(0, len(dates_refl), group):
+        part = slice(start, start + group)
+        refl = np.stack(dates_refl[part])
+        n = len(refl)
+        update(refl, clm[part], mg2[part], np.stack([aot] * n), refl[:, 0], n, 1,
+               np.full((n, 1, 1), w_cloud, np.float32), idx, idx, frac, idx, idx, frac,
+               np.ones((n, nb, 1, 1), np.float32), idx, idx, frac, idx, idx, frac, np.zeros(n, np.bool_),
+               np.array(w_dates[part], np.float64), np.array(days[part], np.int64), 200.0, 0.8, 0.33, 1.0,
+               acc, wsum, dsum, blue, flag, nobs)
     out = np.empty((nb, rows, cols), np.int16)
     wgt, dts = np.empty((rows, cols), np.int16), np.empty((rows, cols), np.int16)
     finish(acc, wsum, dsum, flag, out, wgt, dts)
@@ -338,17 +345,31 @@ def _fold(dates_refl, days, w_dates, aot, w_cloud, clm=None, mg2=None):
 
 
 @hsettings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 9), w_cloud=st.floats(0, 1))
-def test_a_synthesis_of_identical_clear_dates_equals_that_date(seed, n, w_cloud):
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 9), w_cloud=st.floats(0, 1), group=st.integers(1, 4))
+def test_a_synthesis_of_identical_clear_dates_equals_that_date(seed, n, w_cloud, group):
     rng = np.random.default_rng(seed)
     refl = rng.integers(-200, 15000, (4, 7, 9)).astype(np.int16)
     days = sorted(rng.integers(-23, 24, n).tolist())
     w_dates = [date_weight(d, 23, 0.5) for d in days]
     aot = rng.integers(0, 256, (7, 9)).astype(np.uint8)
-    out, wgt, dts, flag, nobs = _fold([refl] * n, days, w_dates, aot, w_cloud)
+    out, wgt, dts, flag, nobs = _fold([refl] * n, days, w_dates, aot, w_cloud, group=group)
     assert (out == refl).all() and (flag == LAND).all() and (nobs == n).all()
     assert (dts >= min(days)).all() and (dts <= max(days)).all()
     assert (wgt >= 0).all() and (wgt <= 1000 * n).all()
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), w_cloud=st.floats(0, 1), days=st.integers(-23, 23))
+def test_the_kernel_weighs_a_clear_date_as_the_documented_formula(seed, w_cloud, days):
+    """W = W_date · W_aot · W_cloud (products.md §4), as `land_weight` writes it, in the kernel's WGT output."""
+    rng = np.random.default_rng(seed)
+    refl = rng.integers(0, 10000, (4, 3, 5)).astype(np.int16)
+    aot = rng.integers(0, 256, (3, 5)).astype(np.uint8)
+    w_date = date_weight(days, 23, 0.5)
+    _, wgt, dts, _, _ = _fold([refl], [days], [w_date], aot, w_cloud)
+    expected = np.vectorize(lambda dn: land_weight(w_date, int(dn), w_cloud, 200.0, 0.8, 0.33, 1.0))(aot)
+    assert np.abs(wgt - np.floor(1000 * np.maximum(expected, 1e-6) + 0.5)).max() <= 1
+    assert (dts == days).all()
 
 
 def test_snow_then_land_keeps_the_land_and_a_later_cloud_changes_nothing():

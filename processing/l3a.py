@@ -38,6 +38,7 @@ from processing.settings import ProcessingSettings
 BANDS = GROUPS["R1"][0] + GROUPS["R2"][0]
 REQUIRED = tuple(f"FRE_{b}" for b in BANDS) + tuple(f"{m}_{g}" for m in ("CLM", "MG2", "ATB") for g in GROUPS)
 BLOCK_ROWS = 512  # R2 rows per block: one COG block row at 20 m, two at 10 m
+BLOCK_COLS = 1536  # R2 columns per block: three COG blocks at 20 m, six at 10 m (~0.4 GB per worker)
 Progress = Callable[[str, int, int], None]
 
 
@@ -209,11 +210,11 @@ def date_grids(date_input: DateInput, mtd: str | None, params: L3AParams, extent
     return DateGrids(cloud, factors, geometry.source)
 
 
-def _plan(grid_r2: Grid, scratch: Path, columns: int, block: tuple[int, int] | None) -> list[BlockTask]:
-    """Blocks of 512 R2 rows by about width/`columns` (a multiple of 512 R2 columns): whole COG blocks at both
-    resolutions. `block` (R2 rows, columns) overrides the shape (tests: many small blocks)."""
+def _plan(grid_r2: Grid, scratch: Path, block: tuple[int, int] | None) -> list[BlockTask]:
+    """Blocks of whole COG blocks at both resolutions (`BLOCK_ROWS` × `BLOCK_COLS` R2 pixels): a full tile makes
+    44, enough to keep a few workers busy to the end. `block` (R2 rows, columns) overrides the shape (tests)."""
     width, height = grid_r2.width, grid_r2.height
-    block_rows, step = block or (BLOCK_ROWS, max(512, -(-width // columns // 512) * 512))
+    block_rows, step = block or (BLOCK_ROWS, BLOCK_COLS)
     crs = grid_r2.crs
     t = grid_r2.transform
     tasks = []
@@ -257,8 +258,7 @@ def synthesize(inputs: Sequence[L3AInput], when: date, params: L3AParams, out_di
     timings: dict[str, float] = {}
     try:
         with _client(scheduler, settings, work) as client:
-            workers = len(client.scheduler_info()["workers"]) if client is not None else 1
-            tasks = _plan(grids["R2"], scratch, max(2, workers), block)
+            tasks = _plan(grids["R2"], scratch, block)
             run = _Runner(client, progress)
             t0 = time.perf_counter()
             r2 = grids["R2"]
@@ -273,10 +273,11 @@ def synthesize(inputs: Sequence[L3AInput], when: date, params: L3AParams, out_di
             files = _encode(run, part, pid, blocks, grids, "1" if client is not None else "ALL_CPUS",
                             compress or IngestSettings().compress)
             timings["encode_s"] = time.perf_counter() - t0
+            opened = {p for d in dates for p in d.files.values()}
             if client is not None:
-                client.run(close_datasets)
+                client.run(close_datasets, opened)
             else:
-                close_datasets()
+                close_datasets(opened)
         counts = [sum(b.flag_counts[k] for b in blocks) for k in range(5)]
         valid = sum(counts[1:])
         cloud_pct = round(100 * counts[1] / valid, 2) if valid else 0.0
@@ -317,7 +318,7 @@ def _encode(run: "_Runner", part: Path, pid: str, blocks: list, grids: dict[str,
     from rasterio.crs import CRS
 
     args = []
-    for band in output_bands():
+    for band in sorted(output_bands(), key=lambda b: (b.group, not b.continuous)):  # largest first: R1, then R2
         grid = grids[band.group]
         t = grid.transform
         vrt = write_vrt(part / "blocks" / f"{band.key}.vrt", band, blocks, (grid.height, grid.width),

@@ -9,9 +9,10 @@ thread (a small LRU), so a worker running many blocks opens each input once.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,8 @@ OPEN_CACHE = 512
 GROUP_DATES = 4  # dates read, then folded together: the state crosses memory once per group
 BLOCK_CACHE = 128 << 20  # GDAL's block cache (bytes) while a block runs: each input block is decoded once, so a
 # larger cache (GDAL's default is 5 % of RAM per process) would only hold dead blocks
-_local = threading.local()
+_open: OrderedDict = OrderedDict()
+_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -81,29 +83,36 @@ class BlockOutput:
 
 
 def _dataset(path: str) -> rasterio.io.DatasetReader:
-    cache: OrderedDict = getattr(_local, "datasets", None) or OrderedDict()
-    _local.datasets = cache
-    ds = cache.get(path)
-    if ds is not None and not ds.closed:
-        cache.move_to_end(path)
-        return ds
+    """An open input, kept per worker thread (datasets are not thread-safe) and per file identity (a replaced file
+    is opened again), in a bounded LRU shared by the process so that `close_datasets` reaches every thread's."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise RasterInputError(f"cannot open the L3A input {path}: {exc}", "check the L2A's published files") from exc
+    key = (threading.get_ident(), path, st.st_ino, st.st_mtime_ns)
+    with _lock:
+        ds = _open.get(key)
+        if ds is not None and not ds.closed:
+            _open.move_to_end(key)
+            return ds
     try:
         with rasterio.Env(**READ_ENV):
             ds = rasterio.open(path)
     except RasterioError as exc:
         raise RasterInputError(f"cannot open the L3A input {path}: {exc}", "check the L2A's published files") from exc
-    cache[path] = ds
-    while len(cache) > OPEN_CACHE:
-        cache.popitem(last=False)[1].close()
+    with _lock:
+        _open[key] = ds
+        while len(_open) > OPEN_CACHE:
+            _open.popitem(last=False)[1].close()
     return ds
 
 
-def close_datasets() -> None:
-    """Close this thread's open inputs (end of a synthesis on a long-lived worker)."""
-    cache = getattr(_local, "datasets", None) or {}
-    for ds in cache.values():
-        ds.close()
-    _local.datasets = OrderedDict()
+def close_datasets(paths: Collection[str] | None = None) -> None:
+    """Close the inputs this process keeps open (those of `paths`, or all): the end of a synthesis, on a long-lived
+    worker that other jobs may share."""
+    with _lock:
+        for key in [k for k in _open if paths is None or k[1] in paths]:
+            _open.pop(key).close()
 
 
 def _read(path: str, band: int, window: Window, out: np.ndarray) -> None:

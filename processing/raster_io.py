@@ -108,8 +108,9 @@ def require_grid(path: Path | str | rasterio.DatasetReader, expected: Grid, what
     """Refuse `path` (or an open dataset) unless it lies exactly on `expected` (same size, transform, CRS)."""
     got = dataset_grid(path, what) if isinstance(path, rasterio.DatasetReader) else grid_of(path, what)
     if not got.matches(expected):
+        name = Path(getattr(path, "name", path)).name
         raise RasterInputError(
-            f"the {what} {Path(getattr(path, 'name', path)).name} is {got.width}×{got.height} at {got.transform.c:.0f},"
+            f"the {what} {name} is {got.width}×{got.height} at {got.transform.c:.0f},"
             f"{got.transform.f:.0f} ({got.resolution:g} m, {got.crs}), not on the product's grid "
             f"{expected.width}×{expected.height} at {expected.transform.c:.0f},{expected.transform.f:.0f} "
             f"({expected.resolution:g} m, {expected.crs})",

@@ -52,8 +52,9 @@ DESCRIPTIONS = {
     "NSP": "number of snow periods",
 }
 CHUNK_ROWS, CHUNK_COLS = BLOCK, 4 * BLOCK
-_STRIP = 16  # rows of a block whose per-pixel state (10 int32) stays in L2 while every date streams through
-_NONE = -(1 << 20)  # "no previous observation" day
+_STRIP_PIXELS = 4096  # pixels whose state (8 int16) stays in L1/L2 while every date streams through
+_NONE = np.int16(-30000)  # "no observation yet" day (days are kept within ±10,000 of the start: int16)
+MAX_DAYS = 3660  # longest period (10 years); with the margin, day offsets stay far from _NONE
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,10 @@ class ScdParams:
     def from_dict(cls, values: dict[str, Any], version: str = "", name: str = "scd") -> "ScdParams":
         check_keys(name, values, {f.name for f in fields(cls)} - {"version", "name"})
         params = cls(**values, version=version, name=name)
-        if params.date_margin_days < 0 or not 1 <= params.snow_min_value <= 100 or params.min_snow_days < 0:
-            raise ParamsError(f"parameter set {name!r}: date_margin_days ≥ 0, 1 ≤ snow_min_value ≤ 100, "
-                              "min_snow_days ≥ 0", "fix the file")
+        if not 0 <= params.date_margin_days <= 366 or not 1 <= params.snow_min_value <= 100 or not (
+                0 <= params.min_snow_days <= MAX_DAYS):
+            raise ParamsError(f"parameter set {name!r}: 0 ≤ date_margin_days ≤ 366, 1 ≤ snow_min_value ≤ 100, "
+                              f"0 ≤ min_snow_days ≤ {MAX_DAYS}", "fix the file")
         return params
 
 
@@ -128,8 +130,9 @@ def scd(inputs: Sequence[tuple[date | datetime, Path]], start: date, stop: date,
         ) -> ScdProduct:
     """SCD, SOD, SMOD, NOBS and NSP of `tile` over [start, stop] (inclusive) into `out_dir` (a staging directory,
     created; files are never overwritten). `inputs` are (acquisition date, snow map file) of one tile grid."""
-    if stop < start:
-        raise RasterInputError(f"the period {start} – {stop} ends before it starts", "give start ≤ stop")
+    if not 0 <= (stop - start).days < MAX_DAYS:
+        raise RasterInputError(f"the period {start} – {stop} ends before it starts or lasts more than {MAX_DAYS} days",
+                               "give start ≤ stop, at most ten years apart")
     used = select_inputs(inputs, start, stop, params.date_margin_days)
     if not used:
         raise RasterInputError(
@@ -221,6 +224,8 @@ def scd_arrays(stack: np.ndarray, days: np.ndarray, n_days: int, params: ScdPara
         raise ValueError("stack must be (dates, rows, cols) with one day per date")
     if len(days) > 1 and np.any(np.diff(days) <= 0):
         raise ValueError("days must be strictly increasing (merge same-day inputs first)")
+    if not 0 < n_days <= MAX_DAYS or (len(days) and (min(days) < -400 or max(days) > MAX_DAYS + 400)):
+        raise ValueError(f"days and n_days must stay within the period ± 400 days, n_days ≤ {MAX_DAYS}")
     out = np.zeros((5, *stack.shape[1:]), np.uint16)
     _scd_block(np.ascontiguousarray(stack, np.uint8), np.asarray(days, np.int32), n_days, params.snow_min_value,
                params.min_snow_days, out)
@@ -259,85 +264,90 @@ def _merge(first, other):  # pragma: no cover
                 first[r, c] = other[r, c]
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True)
+@numba.njit(nogil=True, cache=True)
 def _scd_block(stack, days, n_days, snow_min, min_snow_days, out):  # pragma: no cover
-    """The five outputs of a (dates, rows, cols) block, strip by strip of `_STRIP` rows."""
+    """The five outputs of a (dates, rows, cols) block: for each strip of pixels, every date in order updates
+    the per-pixel state (`_observe`, vectorised), then `_close` ends the open runs."""
     t_n, h, w = stack.shape
-    n = _STRIP * w
-    has = np.empty(n, np.int32)
-    pd = np.empty(n, np.int32)
-    pv = np.empty(n, np.int32)
-    scd = np.empty(n, np.int32)
-    run_open = np.empty(n, np.int32)
-    run_start = np.empty(n, np.int32)
-    run_end = np.empty(n, np.int32)
-    best_len = np.empty(n, np.int32)
-    best_start = np.empty(n, np.int32)
-    nsp = np.empty(n, np.int32)
-    nobs = np.empty(n, np.int32)
-    last = np.int32(n_days - 1)
-    for r0 in range(0, h, _STRIP):
-        r1 = min(r0 + _STRIP, h)
+    rows = max(1, min(h, _STRIP_PIXELS // w))
+    n = rows * w
+    state = np.empty((8, n), np.int16)  # previous day, its value, run start, SCD, NSP, best length, best start, NOBS
+    last = np.int16(n_days - 1)
+    sm = np.int16(snow_min)
+    for r0 in range(0, h, rows):
+        r1 = min(r0 + rows, h)
         m = (r1 - r0) * w
-        has[:m] = 0
-        pd[:m] = _NONE
-        pv[:m] = 0
-        scd[:m] = 0
-        run_open[:m] = 0
-        run_start[:m] = 0
-        run_end[:m] = 0
-        best_len[:m] = 0
-        best_start[:m] = 0
-        nsp[:m] = 0
-        nobs[:m] = 0
+        prev, value, start, scd = state[0, :m], state[1, :m], state[2, :m], state[3, :m]
+        nsp, best, best_start, nobs = state[4, :m], state[5, :m], state[6, :m], state[7, :m]
+        prev[:] = _NONE
+        value[:] = 0
+        start[:] = _NONE
+        scd[:] = 0
+        nsp[:] = 0
+        best[:] = 0
+        best_start[:] = 0
+        nobs[:] = 0
         for t in range(t_n):
-            d = np.int32(days[t])
-            plane = stack[t, r0:r1].reshape(m)
-            for i in range(m):
-                v = np.int32(plane[i])
-                ok = np.int32(v <= 100) & (np.int32(v == 0) | np.int32(v >= snow_min))
-                s = np.int32(v != 0)
-                p = pd[i]
-                q = pv[i] * has[i] + s * (1 - has[i])  # no previous value: the first one holds since the start
-                # the gap (p, d]: value q up to day mid, then s; mid = d when q == s
-                mid = d * (1 - (q ^ s)) + (q ^ s) * (p + q * ((d - p) >> 1) + (1 - q) * (((d - p + 1) >> 1) - 1))
-                _emit(i, p, mid, q, ok, last, scd, run_open, run_start, run_end, best_len, best_start, nsp)
-                _emit(i, mid, d, s, ok, last, scd, run_open, run_start, run_end, best_len, best_start, nsp)
-                has[i] |= ok
-                pd[i] = ok * d + (1 - ok) * p
-                pv[i] = ok * s + (1 - ok) * pv[i]
-                nobs[i] += ok
-        for i in range(m):  # after the last observation its value holds to the end
-            _emit(i, pd[i], last, pv[i], has[i], last, scd, run_open, run_start, run_end, best_len, best_start,
-                  nsp)
-            _emit(i, last, last + 1, 0, has[i], last + 1, scd, run_open, run_start, run_end, best_len, best_start,
-                  nsp)  # a no-snow day past the end closes an open run
+            _observe(stack[t, r0:r1].reshape(m), np.int16(days[t]), last, sm, prev, value, start, scd, nsp, best,
+                     best_start, nobs)
+        _close(last, prev, value, start, scd, nsp, best, best_start)
+        for i in range(m):
             r = r0 + i // w
             c = i % w
-            long_enough = np.int32(scd[i] > min_snow_days)
+            long_enough = scd[i] > min_snow_days
             out[0, r, c] = scd[i]
-            out[1, r, c] = best_start[i] * long_enough
-            out[2, r, c] = (best_start[i] + best_len[i] - 1) * long_enough
+            out[1, r, c] = best_start[i] if long_enough else 0
+            out[2, r, c] = best_start[i] + best[i] - 1 if long_enough else 0
             out[3, r, c] = nobs[i]
             out[4, r, c] = nsp[i]
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _emit(i, a, b, value, ok, last, scd, run_open, run_start, run_end, best_len, best_start, nsp):  # pragma: no cover
-    """Days a+1 … b (clipped to 0 … last) have `value`: extend or open a snow run, or close the open one."""
-    lo = max(a + 1, np.int32(0))
-    hi = min(b, last)
-    some = ok & np.int32(hi >= lo)
-    e1 = some & value
-    e0 = some & (1 - value)
-    opened = run_open[i]
-    scd[i] += e1 * (hi - lo + 1)
-    closing = e0 & opened
-    length = run_end[i] - run_start[i] + 1
-    better = closing & np.int32(length > best_len[i])
-    best_len[i] = better * length + (1 - better) * best_len[i]
-    best_start[i] = better * run_start[i] + (1 - better) * best_start[i]
-    nsp[i] += closing
-    run_start[i] = e1 * (opened * run_start[i] + (1 - opened) * lo) + (1 - e1) * run_start[i]
-    run_end[i] = e1 * hi + (1 - e1) * run_end[i]
-    run_open[i] = e1 | (opened & (1 - e0))
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _observe(plane, d, last, sm, prev, value, start, scd, nsp, best, best_start, nobs):  # pragma: no cover
+    """One date over a strip of pixels. Between the previous observation (day p, value q) and this one (day d,
+    value s) the gap-filled series switches at most once, on day m = p + ⌊(d − p + 1 − q) / 2⌋ + q (the first day
+    of the new value: the midpoint day keeps the snow). A snow → no-snow switch closes the run [start, m − 1],
+    counted clipped to the period; a no-snow → snow switch opens one at m. int16 lanes, no branch: vectorised.
+    (numba widens int16 arithmetic to int64; every result is narrowed back so that LLVM keeps 16-bit lanes.)"""
+    z, one, hundred = np.int16(0), np.int16(1), np.int16(100)
+    for i in range(plane.shape[0]):
+        v = np.int16(plane[i])
+        ok = np.int16((v <= hundred) & ((v == z) | (v >= sm)))
+        s = np.int16(v != z)
+        p = prev[i]
+        has = np.int16(p > _NONE)
+        q = np.int16(s + np.int16(has * np.int16(value[i] - s)))  # the first observation holds since the start
+        switch = np.int16(np.int16(ok & has) & np.int16(q ^ s))
+        m = np.int16(np.int16(p + np.int16(np.int16(d - p + one - q) >> one)) + q)
+        closing = np.int16(switch & q)
+        opening = np.int16(switch & np.int16(one - q))
+        run_start = start[i]
+        a = max(run_start, z)
+        length = np.int16(np.int16(min(np.int16(m - one), last) - a) + one)
+        run = np.int16(closing & np.int16(length > z))
+        scd[i] = np.int16(scd[i] + np.int16(run * length))
+        nsp[i] = np.int16(nsp[i] + run)
+        longest = best[i]
+        better = np.int16(run & np.int16(length > longest))  # strictly: the first longest run wins ties
+        best[i] = np.int16(longest + np.int16(better * np.int16(length - longest)))
+        best_start[i] = np.int16(best_start[i] + np.int16(better * np.int16(a - best_start[i])))
+        start[i] = np.int16(run_start + np.int16(opening * np.int16(m - run_start)))
+        prev[i] = np.int16(p + np.int16(ok * np.int16(d - p)))
+        value[i] = np.int16(q + np.int16(ok * np.int16(s - q)))
+        nobs[i] = np.int16(nobs[i] + ok)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _close(last, prev, value, start, scd, nsp, best, best_start):  # pragma: no cover
+    """After the last observation its value holds to the end: a run still open ends on the last day."""
+    z, one = np.int16(0), np.int16(1)
+    for i in range(prev.shape[0]):
+        closing = np.int16(np.int16(prev[i] > _NONE) & value[i])
+        a = max(start[i], z)
+        length = np.int16(np.int16(last - a) + one)
+        run = np.int16(closing & np.int16(length > z))
+        scd[i] = np.int16(scd[i] + np.int16(run * length))
+        nsp[i] = np.int16(nsp[i] + run)
+        better = np.int16(run & np.int16(length > best[i]))
+        best[i] = np.int16(best[i] + np.int16(better * np.int16(length - best[i])))
+        best_start[i] = np.int16(best_start[i] + np.int16(better * np.int16(a - best_start[i])))

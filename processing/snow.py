@@ -5,8 +5,8 @@ The algorithm is LIS 1.5's: pass 0 (L2A clouds, red at 240 m), pass 1 (NDSI > 0.
 the snowline z_s from the DEM histogram (lowest 100 m bin with > 10 % clear pixels of which > 10 % snow, minus two
 bins), pass 2 (NDSI > 0.15, red > 0.04 above z_s, outside the refined clouds). Where it differs, on purpose:
 * green and red go from 10 to 20 m by the mean of the four 10 m pixels (the 20 m pixel's exact footprint on the
-  aligned S2 grids), not LIS's cubic resampling; the 240 m red is the mean of each 12 × 12 block of 20 m pixels
-  (LIS: bilinear decimation) — both average the same area, without ringing at cloud edges;
+  aligned S2 grids), not LIS's cubic resampling; the 240 m red is the mean of the valid 10 m red pixels of each
+  240 m block (LIS: bilinear decimation) — both average the same area, without ringing at cloud edges;
 * no-data pixels (SWIR no-data, or all four 10 m green/red pixels no-data) and DEM no-data are left out of the
   snowline histogram and of the percentages (LIS counts the former as clear no-snow).
 Without a DEM (`SnowInputs.dem = None`) there is no snowline and no pass 2: the **pass-1-only mode**, ZS = −1,
@@ -43,7 +43,8 @@ from processing.raster_io import (BLOCK, Grid, RasterInputError, dataset_grid, g
 NO_SNOW, SNOW, CLOUD, NODATA = 0, 100, 205, 254
 DEM_NODATA = -32768
 SNW_KEY, METADATA_KEY = "SNW_R2", "metadata"
-_SNOW1, _CAND2, _CLOUDY, _NODATA = 1, 2, 4, 8  # state bits between the passes
+# state bits between the passes: 1 pass-1 snow, 2 pass-2 candidate (below z_s or not), 4 cloud unless snow, 8 no-data
+_NODATA = 8
 _HIST = 65536  # one bin per metre of an int16 DEM
 READ_CACHE_MB = 64  # GDAL block cache while reading strips (default 5 % of RAM would just fill up)
 

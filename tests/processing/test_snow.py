@@ -7,10 +7,9 @@ snow, cloud, shadow, water, surface class), its daily snowline and, for the clou
 
 from __future__ import annotations
 
-import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import numpy as np

@@ -17,6 +17,7 @@ observations averaged into a pixel; inputs are folded in acquisition order whate
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -235,7 +236,8 @@ def synthesize(inputs: Sequence[L3AInput], when: date, params: L3AParams, out_di
     `"inline"` runs in this process; `"local"` forces a LocalCluster; anything else is a Dask scheduler address.
     `compress`: the COG compression, by default the one ingest publishes L2As with (`LANDSURF_INGEST_COMPRESS`).
     `block` (R2 rows, columns) overrides the block shape. `progress(stage, done, total)` follows the passes.
-    The folder appears complete or not at all (written as `.<ID>.part`, then renamed).
+    The folder appears complete or not at all (written as `.<ID>.<random>.part`, then renamed; a crash leaves such
+    a hidden folder, which any cleanup may remove when no synthesis runs).
     """
     started = time.perf_counter()
     settings = settings or ProcessingSettings()
@@ -246,10 +248,10 @@ def synthesize(inputs: Sequence[L3AInput], when: date, params: L3AParams, out_di
     final = Path(out_dir) / pid
     if final.exists():
         raise L3AInputError(f"{final} exists", "remove it, or give another version")
-    part = Path(out_dir) / f".{pid}.part"
-    shutil.rmtree(part, ignore_errors=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=f".{pid}.", suffix=".part", dir=out_dir))  # never another job's
     scratch = part / "blocks"
-    scratch.mkdir(parents=True)
+    scratch.mkdir()
     dates = [DateInput(i.product_id, {k: str(v) for k, v in i.files.items()}, (i.acquired.date() - when).days,
                        date_weight((i.acquired.date() - when).days, params.half_window_days, params.date_weight_min),
                        params.directional_correction and i.mtd is not None) for i in ordered]
@@ -267,17 +269,16 @@ def synthesize(inputs: Sequence[L3AInput], when: date, params: L3AParams, out_di
             timings["grids_s"] = time.perf_counter() - t0
             grids_ref = run.share(per_date)
             t0 = time.perf_counter()
-            blocks = run.map("blocks", run_block, [(t, dates, grids_ref, params.kernel()) for t in tasks])
+            try:
+                blocks = run.map("blocks", run_block, [(t, dates, grids_ref, params.kernel()) for t in tasks])
+            finally:
+                opened = {p for d in dates for p in d.files.values()}
+                client.run(close_datasets, opened) if client is not None else close_datasets(opened)
             timings["blocks_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             files = _encode(run, part, pid, blocks, grids, "1" if client is not None else "ALL_CPUS",
                             compress or IngestSettings().compress)
             timings["encode_s"] = time.perf_counter() - t0
-            opened = {p for d in dates for p in d.files.values()}
-            if client is not None:
-                client.run(close_datasets, opened)
-            else:
-                close_datasets(opened)
         counts = [sum(b.flag_counts[k] for b in blocks) for k in range(5)]
         valid = sum(counts[1:])
         cloud_pct = round(100 * counts[1] / valid, 2) if valid else 0.0

@@ -275,6 +275,18 @@ def test_inputs_are_checked(month, lambertian, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
+def test_a_damaged_input_fails_the_synthesis_and_leaves_nothing(month, lambertian, tmp_path):
+    inputs, _ = month
+    damaged = tmp_path / "damaged_FRE_B8.tif"
+    data = inputs[2].files["FRE_B8"].read_bytes()
+    damaged.write_bytes(data[: len(data) * 2 // 3])  # header intact, tiles cut
+    broken = replace(inputs[2], files=dict(inputs[2].files) | {"FRE_B8": damaged})
+    out = tmp_path / "out"
+    with pytest.raises(RasterInputError, match="FRE_B8|damaged"):
+        synthesize([inputs[1], broken], WHEN, lambertian, out, scheduler="inline")
+    assert list(out.iterdir()) == []
+
+
 def test_platform_and_date_conventions(month):
     inputs, _ = month
     assert platform_of([i for i in inputs if i.platform == "SENTINEL2A"]) == "SENTINEL2A"

@@ -58,7 +58,7 @@ def mask_preview(mask: np.ndarray, shape: tuple[int, int], threshold: float = 0.
     rows, cols = mask.shape
     r_start, r_count = _bins(rows, shape[0])
     c_start, c_count = _bins(cols, shape[1])
-    m = mask.astype(np.uint32)
+    m = mask.astype(np.uint16 if r_count.max() * c_count.max() < 2**16 else np.uint32)
     summed = np.add.reduceat(np.add.reduceat(m, r_start, axis=0), c_start, axis=1)
     return summed >= threshold * np.outer(r_count, c_count)
 

@@ -16,11 +16,12 @@ observations among the inputs used (margin dates included, same-day inputs count
 snow periods, i.e. maximal runs of consecutive snow days within the period (LIS documents this definition; its code
 counts `diff > 0` on a uint8 series, which wraps and likely counts every transition — we follow the documentation).
 
-The kernel never builds the daily series: it walks each pixel's observations in date order and adds up the
-constant pieces between them (at most two per gap), so its cost is per observation, not per day. It runs over one
-COG block (512 × 512) at a time in strips of rows, each date one vector step over the strip's pixels (numba,
-branch-free), so memory is one block per date plus the outputs — flat in the number of dates in practice
-(256 KiB per date). Chunks of 512 rows × 2048 columns are Dask tasks (`processing.raster_io.dask_client`):
+The kernel never builds the daily series: it walks each pixel's observations in date order; between two of them
+the series switches at most once (on the midpoint), so a run of snow opens or closes there and is counted, clipped
+to the period, when it closes — a cost per observation, not per day. It runs over one COG block (512 × 512) at a
+time, in strips of 4096 pixels whose state (8 int16) stays in cache while every date is one branch-free vector
+step (numba, 16-bit lanes), so memory is one block per date plus the outputs — flat in the number of dates in
+practice (256 KiB per date). Chunks of 512 rows × 2048 columns are Dask tasks (`processing.raster_io.dask_client`):
 in-process for small work, a LocalCluster or the configured scheduler otherwise.
 """
 

@@ -358,7 +358,7 @@ def _kernel_params(p: SnowParams) -> tuple:
     f32 = np.float32
     return (f32(p.red_backtocloud * s), f32(p.red_darkcloud * s), f32(p.red_pass1 * s), f32(p.ndsi_pass1),
             f32(p.red_pass2 * s), f32(p.ndsi_pass2), int(p.rf), np.int16(p.reflectance_nodata),
-            np.int32(p.shadow_bits), np.int32(p.high_cloud_bits), bool(p.water_mask), np.int16(DEM_NODATA))
+            np.uint8(p.shadow_bits), np.uint8(p.high_cloud_bits), bool(p.water_mask), np.int16(DEM_NODATA))
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
@@ -366,39 +366,44 @@ def _classify_strip(green, red, swir, clm, mg2, dem, state, hist, counts, red_ba
                     ndsi2, rf, nodata, shadow_bits, high_bits, water_mask, dem_nodata):  # pragma: no cover
     """Pass 0 and pass 1 of one strip (rows a multiple of rf, but the last): state bits, histograms, counts.
 
-    Per band of rf rows: the 240 m red of each rf × rf block (the mean of its valid 10 m red pixels, an area
-    mean), then per row the classification (`_classify_row`, branch-free so that it vectorises) and the
-    histograms (a scatter, scalar)."""
+    Per band of rf rows: the sums of the valid 10 m red pixels of each 20 m pixel (`_red_sums`) and their column
+    sums, the 240 m red of each rf × rf block from those (the mean of its valid 10 m red pixels, an area mean),
+    then per row the classification (`_classify_row`) and the histograms (a scatter, scalar). The row loops are
+    branch-free so that LLVM vectorises them; the band's buffers stay in cache."""
     h, w = swir.shape
     use_mg2 = water_mask and mg2.shape[0] == h
     use_dem = dem.shape[0] == h
     nbx = (w + rf - 1) // rf
+    rsum = np.empty((rf, w), np.float32)
+    rcnt = np.empty((rf, w), np.float32)
+    col_sum = np.empty(w, np.float32)
+    col_cnt = np.empty(w, np.float32)
     rnn = np.empty(w, np.float32)
+    water = np.uint8(1 if use_mg2 else 0)
     valid = 0
     snow_count = 0
     for r0 in range(0, h, rf):
         r1 = min(r0 + rf, h)
+        col_sum[:] = 0
+        col_cnt[:] = 0
+        for r in range(r0, r1):
+            _red_sums(red[2 * r], red[2 * r + 1], nodata, rsum[r - r0], rcnt[r - r0], col_sum, col_cnt)
         for j in range(nbx):
-            c0 = 2 * j * rf
-            c1 = min(c0 + 2 * rf, 2 * w)
-            total = np.int32(0)
-            n = np.int32(0)
-            for row in range(2 * r0, 2 * r1):
-                line = red[row]
-                for col in range(c0, c1):
-                    v = line[col]
-                    m = np.int32(v != nodata)
-                    total += np.int32(v) * m
-                    n += m
-            mean = np.float32(total) / np.float32(max(n, 1))
-            for c in range(c0 // 2, c1 // 2):
+            c0, c1 = j * rf, min((j + 1) * rf, w)
+            total = np.float32(0)
+            n = np.float32(0)
+            for c in range(c0, c1):
+                total += col_sum[c]
+                n += col_cnt[c]
+            mean = total / max(n, np.float32(1))
+            for c in range(c0, c1):
                 rnn[c] = mean
         for r in range(r0, r1):
             st = state[r]
             cm = clm[r]
-            _classify_row(green[2 * r], green[2 * r + 1], red[2 * r], red[2 * r + 1], swir[r], cm,
-                          mg2[r] if use_mg2 else cm, np.int32(1 if use_mg2 else 0), rnn, st, red_back, red_dark,
-                          red1, ndsi1, red2, ndsi2, nodata, shadow_bits, high_bits)
+            _classify_row(green[2 * r], green[2 * r + 1], rsum[r - r0], rcnt[r - r0], swir[r], cm,
+                          mg2[r] if use_mg2 else cm, water, rnn, st, red_back, red_dark, red1, ndsi1, red2, ndsi2,
+                          nodata, shadow_bits, high_bits)
             if use_dem:
                 zr = dem[r]
                 for c in range(w):
@@ -419,38 +424,54 @@ def _classify_strip(green, red, swir, clm, mg2, dem, state, hist, counts, red_ba
     counts[1] += snow_count
 
 
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _red_sums(r_top, r_bot, nodata, rsum, rcnt, col_sum, col_cnt):  # pragma: no cover
+    """Sum and count of the valid 10 m red pixels of each 20 m pixel of a row, added to the band's column sums."""
+    for c in range(rsum.shape[0]):
+        k = 2 * c
+        b0, b1, b2, b3 = r_top[k], r_top[k + 1], r_bot[k], r_bot[k + 1]
+        q0, q1, q2, q3 = b0 != nodata, b1 != nodata, b2 != nodata, b3 != nodata
+        n = (np.float32(q0) + np.float32(q1)) + (np.float32(q2) + np.float32(q3))
+        total = (np.float32(b0) * np.float32(q0) + np.float32(b1) * np.float32(q1)) + (
+            np.float32(b2) * np.float32(q2) + np.float32(b3) * np.float32(q3))
+        rsum[c] = total
+        rcnt[c] = n
+        col_sum[c] += total
+        col_cnt[c] += n
+
+
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _classify_row(g_top, g_bot, r_top, r_bot, sw, cm, mg, water, rnn, st, red_back, red_dark, red1, ndsi1, red2,
+def _classify_row(g_top, g_bot, rsum, rcnt, sw, cm, mg, water, rnn, st, red_back, red_dark, red1, ndsi1, red2,
                   ndsi2, nodata, shadow_bits, high_bits):  # pragma: no cover
     """One 20 m row. Sums of the valid 10 m green/red pixels (gs, rs over gn, rn) stand for the means: thresholds
     are compared multiplied out, red > t ⇔ rs > t·rn and NDSI > t ⇔ (gs − gn·s) > t·(gs + gn·s), so no pixel
-    divides. int32 lanes throughout: no branch, so LLVM vectorises the loop."""
+    divides. float32 sums (exact for int16 inputs) and boolean masks, no branch: LLVM vectorises the loop in
+    8-lane registers (numba widens integer arithmetic to int64, which would halve the lanes)."""
+    zero = np.float32(0)
     for c in range(st.shape[0]):
         k = 2 * c
         a0, a1, a2, a3 = g_top[k], g_top[k + 1], g_bot[k], g_bot[k + 1]
-        b0, b1, b2, b3 = r_top[k], r_top[k + 1], r_bot[k], r_bot[k + 1]
-        m0, m1, m2, m3 = np.int32(a0 != nodata), np.int32(a1 != nodata), np.int32(a2 != nodata), np.int32(a3 != nodata)
-        q0, q1, q2, q3 = np.int32(b0 != nodata), np.int32(b1 != nodata), np.int32(b2 != nodata), np.int32(b3 != nodata)
-        gn = m0 + m1 + m2 + m3
-        rn = q0 + q1 + q2 + q3
-        gs = np.int32(a0) * m0 + np.int32(a1) * m1 + np.int32(a2) * m2 + np.int32(a3) * m3
-        rs = np.float32(np.int32(b0) * q0 + np.int32(b1) * q1 + np.int32(b2) * q2 + np.int32(b3) * q3)
-        s = np.int32(sw[c])
-        ok = np.int32(s != nodata) & np.int32(gn > 0) & np.int32(rn > 0)
-        frn = np.float32(rn)
-        den = np.float32(gs + gn * s)
-        diff = np.float32(gs - gn * s)
-        cl = np.int32(cm[c])
-        cloud = np.int32(cl != 0)
-        refine = (cloud & np.int32(rnn[c] > red_dark)) | np.int32((cl & shadow_bits) != 0) | np.int32(
-            (cl & high_bits) != 0)
-        back = cloud & np.int32(rs > red_back * frn)
-        pos = np.int32(den > 0)
-        dry = 1 - (np.int32(mg[c]) & water)
-        snow1 = (1 - cloud) & pos & np.int32(diff > ndsi1 * den) & np.int32(rs > red1 * frn) & dry
-        cand2 = (1 - refine) & pos & np.int32(diff > ndsi2 * den) & np.int32(rs > red2 * frn) & dry
-        code = snow1 | (cand2 << 1) | ((refine | back) << 2)
-        st[c] = np.uint8(code * ok + np.int32(_NODATA) * (1 - ok))
+        m0, m1, m2, m3 = a0 != nodata, a1 != nodata, a2 != nodata, a3 != nodata
+        gn = (np.float32(m0) + np.float32(m1)) + (np.float32(m2) + np.float32(m3))
+        gs = (np.float32(a0) * np.float32(m0) + np.float32(a1) * np.float32(m1)) + (
+            np.float32(a2) * np.float32(m2) + np.float32(a3) * np.float32(m3))
+        rs = rsum[c]
+        rn = rcnt[c]
+        sv = sw[c]
+        s = np.float32(sv)
+        ok = (sv != nodata) & (gn > zero) & (rn > zero)
+        den = gs + gn * s
+        diff = gs - gn * s
+        cl = cm[c]
+        cloud = cl != 0
+        refine = (cloud & (rnn[c] > red_dark)) | ((cl & shadow_bits) != 0) | ((cl & high_bits) != 0)
+        back = cloud & (rs > red_back * rn)
+        pos = den > zero
+        dry = (mg[c] & water) == 0
+        snow1 = ~cloud & pos & (diff > ndsi1 * den) & (rs > red1 * rn) & dry
+        cand2 = ~refine & pos & (diff > ndsi2 * den) & (rs > red2 * rn) & dry
+        code = np.float32(snow1) + np.float32(2) * np.float32(cand2) + np.float32(4) * np.float32(refine | back)
+        st[c] = np.uint8(code if ok else np.float32(_NODATA))
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)

@@ -27,7 +27,10 @@ in-process for small work, a LocalCluster or the configured scheduler otherwise.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
@@ -54,7 +57,9 @@ DESCRIPTIONS = {
 }
 CHUNK_ROWS, CHUNK_COLS = BLOCK, 4 * BLOCK
 _STRIP_PIXELS = 4096  # pixels whose state (8 int16) stays in L1/L2 while every date streams through
-_NONE = np.int16(-30000)  # "no observation yet" day (days are kept within ±10,000 of the start: int16)
+_NONE = np.int16(-30000)
+_MAX_OPEN = 400  # cached open snow maps per process (one file descriptor each)
+_DATASETS: OrderedDict[tuple[int, str], tuple[tuple[int, int, int], Any]] = OrderedDict()  # "no observation yet" day (days are kept within ±10,000 of the start: int16)
 MAX_DAYS = 3660  # longest period (10 years); with the margin, day offsets stay far from _NONE
 
 
@@ -160,20 +165,58 @@ def scd(inputs: Sequence[tuple[date | datetime, Path]], start: date, stop: date,
 def compute_chunks(groups: list[tuple[int, tuple[str, ...]]], grid: Grid, n_days: int, params: ScdParams,
                    client: Any | None, *, decode_only: bool = False) -> np.ndarray:
     """The five outputs (5, height, width) uint16, one Dask task per chunk; `client` None runs in-process.
-    `decode_only` reads every input once and computes nothing (the benchmark's floor, same tasks)."""
-    import dask
-    import dask.array as da
 
+    Each chunk's result is copied into the output as it arrives (no concatenation of the whole array).
+    `decode_only` reads every input once and computes nothing (the benchmark's floor, same tasks)."""
     kparams = (n_days, params.snow_min_value, params.min_snow_days)
-    rows = [(r, min(r + CHUNK_ROWS, grid.height)) for r in range(0, grid.height, CHUNK_ROWS)]
-    cols = [(c, min(c + CHUNK_COLS, grid.width)) for c in range(0, grid.width, CHUNK_COLS)]
-    task = dask.delayed(_chunk, pure=True)
-    blocks = [[da.from_delayed(task(groups, r0, r1, c0, c1, kparams, decode_only), (5, r1 - r0, c1 - c0),
-                               np.uint16) for c0, c1 in cols] for r0, r1 in rows]
-    array = da.block(blocks)
+    windows = [(r, min(r + CHUNK_ROWS, grid.height), c, min(c + CHUNK_COLS, grid.width))
+               for r in range(0, grid.height, CHUNK_ROWS) for c in range(0, grid.width, CHUNK_COLS)]
+    out = np.empty((5, grid.height, grid.width), np.uint16)
     if client is None:
-        return array.compute(scheduler="sync")
-    return client.compute(array).result()
+        try:
+            for r0, r1, c0, c1 in windows:
+                out[:, r0:r1, c0:c1] = _chunk(groups, r0, r1, c0, c1, kparams, decode_only)
+        finally:
+            release_datasets()
+        return out
+    shared = client.scatter(groups, broadcast=True)  # the list of inputs once per worker, not once per task
+    futures = [client.submit(_chunk, shared, *w, kparams, decode_only, pure=False) for w in windows]
+    try:
+        for future, (r0, r1, c0, c1) in zip(futures, windows):
+            out[:, r0:r1, c0:c1] = future.result()
+            future.release()  # a chunk's result leaves the worker's memory once copied
+    finally:
+        client.run(release_datasets)
+    return out
+
+
+def _open_cached(path: str) -> Any:
+    """A snow map opened once per worker thread and job (opening a COG costs ~3 ms, as much as decoding several
+    of its blocks; a chunk reads every input), reopened if the file changed."""
+    key = (threading.get_ident(), path)
+    st = os.stat(path)
+    ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _DATASETS.get(key)
+    if hit is not None and hit[0] == ident:
+        _DATASETS.move_to_end(key)
+        return hit[1]
+    if hit is not None:
+        hit[1].close()
+    ds = open_raster(path, "snow map")
+    _DATASETS[key] = (ident, ds)
+    while len(_DATASETS) > _MAX_OPEN:
+        _, (_, old) = _DATASETS.popitem(last=False)
+        old.close()
+    return ds
+
+
+def release_datasets() -> int:
+    """Close every cached snow map of this process (at the end of a job, on every worker)."""
+    count = len(_DATASETS)
+    while _DATASETS:
+        _, (_, ds) = _DATASETS.popitem()
+        ds.close()
+    return count
 
 
 def _day_groups(used: list[tuple[date, Path]], start: date) -> list[tuple[int, tuple[str, ...]]]:
@@ -191,30 +234,21 @@ def _chunk(groups: list[tuple[int, tuple[str, ...]]], r0: int, r1: int, c0: int,
     out = np.zeros((5, h, w), np.uint16)
     days = np.array([d for d, _ in groups], np.int32)
     with rasterio.Env(GDAL_NUM_THREADS=1, GDAL_CACHEMAX=16):
-        datasets: list[list[Any]] = []
-        try:
-            for _, paths in groups:
-                datasets.append([])
-                for path in paths:
-                    datasets[-1].append(open_raster(path, "snow map"))
-            buf = np.empty((len(groups), h, min(BLOCK, w)), np.uint8)
-            extra = np.empty((h, min(BLOCK, w)), np.uint8)
-            for b0 in range(0, w, BLOCK):
-                bw = min(BLOCK, w - b0)
-                stack = buf[:, :, :bw] if bw == buf.shape[2] else np.empty((len(groups), h, bw), np.uint8)
-                window = Window(c0 + b0, r0, bw, h)
-                for t, same_day in enumerate(datasets):
-                    same_day[0].read(1, window=window, out=stack[t])
-                    for ds in same_day[1:]:  # same-day merge: the first valid value wins
-                        more = extra[:, :bw] if bw == extra.shape[1] else np.empty((h, bw), np.uint8)
-                        ds.read(1, window=window, out=more)
-                        _merge(stack[t], more)
-                if not decode_only:
-                    _scd_block(stack, days, *kparams, out[:, :, b0:b0 + bw])
-        finally:
-            for same_day in datasets:
-                for ds in same_day:
-                    ds.close()
+        datasets = [[_open_cached(path) for path in paths] for _, paths in groups]
+        buf = np.empty((len(groups), h, min(BLOCK, w)), np.uint8)
+        extra = np.empty((h, min(BLOCK, w)), np.uint8)
+        for b0 in range(0, w, BLOCK):
+            bw = min(BLOCK, w - b0)
+            stack = buf[:, :, :bw] if bw == buf.shape[2] else np.empty((len(groups), h, bw), np.uint8)
+            window = Window(c0 + b0, r0, bw, h)
+            for t, same_day in enumerate(datasets):
+                same_day[0].read(1, window=window, out=stack[t])
+                for ds in same_day[1:]:  # same-day merge: the first valid value wins
+                    more = extra[:, :bw] if bw == extra.shape[1] else np.empty((h, bw), np.uint8)
+                    ds.read(1, window=window, out=more)
+                    _merge(stack[t], more)
+            if not decode_only:
+                _scd_block(stack, days, *kparams, out[:, :, b0:b0 + bw])
     return out
 
 

@@ -323,8 +323,9 @@ def _scd_block(stack, days, n_days, snow_min, min_snow_days, out):  # pragma: no
         best_start[:] = 0
         nobs[:] = 0
         for t in range(t_n):
-            _observe(stack[t, r0:r1].reshape(m), np.int16(days[t]), last, sm, prev, value, start, scd, nsp, best,
-                     best_start, nobs)
+            plane = stack[t, r0:r1].reshape(m)
+            if _any_observation(plane):  # under a cloud or off the swath the whole strip has nothing to update
+                _observe(plane, np.int16(days[t]), last, sm, prev, value, start, scd, nsp, best, best_start, nobs)
         _close(last, prev, value, start, scd, nsp, best, best_start)
         for i in range(m):
             r = r0 + i // w
@@ -335,6 +336,15 @@ def _scd_block(stack, days, n_days, snow_min, min_snow_days, out):  # pragma: no
             out[2, r, c] = best_start[i] + best[i] - 1 if long_enough else 0
             out[3, r, c] = nobs[i]
             out[4, r, c] = nsp[i]
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _any_observation(plane):  # pragma: no cover
+    """Whether a strip of one date holds any value ≤ 100 (a vectorised count: cheaper than stopping early)."""
+    n = 0
+    for i in range(plane.shape[0]):
+        n += plane[i] <= 100
+    return n > 0
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)

@@ -10,7 +10,9 @@
 2. **The API process**: CPU per request of `landsurf serve`'s app and of PostgreSQL under (a) at concurrency 8,
    with the garbage collector's share (thread CPU time of every collection), as is and with the built app's
    heap frozen out of the collector (`gc.freeze()`), in interleaved rounds (`bench.catalog_gcserve`).
-3. **py-spy** (optional, `--py-spy` names its binary: `pip install py-spy`): 20 s of samples of the API
+3. **Rendering hrefs** (issue 13), in process: `render_item` + `add_tile_links` on pages of (a)'s size (7 items)
+   and (c)'s (1000), store-relative hrefs against absolute ones that pass through.
+4. **py-spy** (optional, `--py-spy` names its binary: `pip install py-spy`): 20 s of samples of the API
    process holding the GIL under the same load, summarised as the functions with the most samples.
 
 Writes `--out` (bench/out/catalog_profile.json) and prints a summary.
@@ -115,6 +117,37 @@ def database_parts(api_dsn: str, scope: Scope, runs: int) -> dict[str, Any]:
         return {name: _time(conn, bodies, step) for name, step in steps.items()}
 
 
+def render_cost(repeat: int = 300) -> dict[str, Any]:
+    """Milliseconds per page of what landsurf adds to each item at response time: rendered hrefs and tile links."""
+    import copy
+
+    from bench.catalog_bench import with_catalog_assets
+    from catalog.stac import add_tile_links, render_item
+
+    base = "http://127.0.0.1:8123/"
+    out: dict[str, Any] = {}
+    for size in (7, 1000):
+        tiles = gen.tiles(size)
+        first, last = date(2024, 12, 1), date(2024, 12, 6)  # two acquisitions: up to 2 x 847 items
+        pages = {"store-relative": list(with_catalog_assets(gen.l2a_items(tiles, first, last)))[:size],
+                 "absolute": list(with_catalog_assets(gen.l2a_items(tiles, first, last, base_url=base)))[:size]}
+        n = max(3, repeat * 7 // size)
+        for hrefs, page in pages.items():
+            copies = [copy.deepcopy(page) for _ in range(n)]
+            t0 = time.perf_counter()
+            for items in copies:
+                for item in items:
+                    render_item(item, base)
+            t1 = time.perf_counter()
+            for items in copies:
+                for item in items:
+                    add_tile_links(item, base)
+            t2 = time.perf_counter()
+            out[f"{len(page)} items, {hrefs}"] = {"render_item_ms": round((t1 - t0) / n * 1000, 3),
+                                                  "add_tile_links_ms": round((t2 - t1) / n * 1000, 3)}
+    return out
+
+
 def _gc_cost(stats: dict[str, Any]) -> float:
     return sum(stats["cpu_ms"])
 
@@ -214,6 +247,8 @@ def main() -> None:
         result["database_a"] = database_parts(cluster.url("api"), scope, args.runs)
         for name, fig in result["database_a"].items():
             print(f"{name:70s} p50 {fig['p50_ms']:7.2f} ms  mean {fig['mean_ms']:7.2f}", flush=True)
+        result["render_per_page"] = render_cost()
+        print(json.dumps(result["render_per_page"]), flush=True)
         result["api_a"] = api_and_gc(home, logs, scope, args.rounds, args.duration, cluster.status().pid or 0)
         print(json.dumps(result["api_a"]["median"]), flush=True)
         if args.py_spy:

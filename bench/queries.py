@@ -215,9 +215,10 @@ def search_pages(base_url: str, body: Body, follow: bool, timeout_s: float = 300
 
 
 async def _throughput(base_url: str, builder: Query, concurrency: int, duration_s: float, max_requests: int,
-                      timeout_s: float, seed: int) -> dict[str, float]:
+                      timeout_s: float, seed: int) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
+    kinds: dict[str, int] = {}
     started = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
@@ -233,8 +234,11 @@ async def _throughput(base_url: str, builder: Query, concurrency: int, duration_
                 try:
                     await asyncio.wait_for(_http_run(client, base_url, builder(rng), builder.follow_next),
                                            timeout_s)
-                except (TimeoutError, httpx.HTTPError, KeyError, ValueError):
+                except (TimeoutError, httpx.HTTPError, KeyError, ValueError) as exc:
                     errors += 1
+                    status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+                    kind = f"{type(exc).__name__}{f' {status}' if status else ''}"
+                    kinds[kind] = kinds.get(kind, 0) + 1
                 else:
                     latencies.append(time.perf_counter() - t0)
 
@@ -242,12 +246,12 @@ async def _throughput(base_url: str, builder: Query, concurrency: int, duration_
         elapsed = time.perf_counter() - t_start
     ms = [t * 1000 for t in latencies] or [float("nan")]
     return {"req_per_s": round(len(latencies) / elapsed, 2), "p50_ms": round(_pct(ms, 0.5), 1),
-            "p95_ms": round(_pct(ms, 0.95), 1), "ok": len(latencies), "errors": errors,
+            "p95_ms": round(_pct(ms, 0.95), 1), "ok": len(latencies), "errors": errors, "error_kinds": kinds,
             "elapsed_s": round(elapsed, 2)}
 
 
 def throughput(base_url: str, builder: Query, concurrency: int = 8, duration_s: float = 30,
-               max_requests: int = 100_000, timeout_s: float = 60, seed: int = 0) -> dict[str, float]:
+               max_requests: int = 100_000, timeout_s: float = 60, seed: int = 0) -> dict[str, Any]:
     """Closed-loop load: `concurrency` clients issue seeded searches back to back until time or count runs out.
 
     A request that pages counts once. No request starts after `duration_s` and each is cut at `timeout_s`

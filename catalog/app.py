@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import json
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Literal
@@ -138,6 +139,11 @@ def _asyncpg_pool_kwargs(settings: CatalogSettings, read_only: bool) -> dict[str
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset round trip (RESET ALL, UNLISTEN …): read-only requests change no session
+    state — pgSTAC's settings are transaction-local — and the reset was one more query per request."""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for codec in ("json", "jsonb"):
         await conn.set_type_codec(codec, encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog")
@@ -189,7 +195,8 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             app.state.readpool = await asyncpg.create_pool(
-                urls.api, init=_init_connection, **_asyncpg_pool_kwargs(settings, read_only=True))
+                urls.api, init=_init_connection, reset=_keep_session,
+                **_asyncpg_pool_kwargs(settings, read_only=True))
             app.state.writepool = await asyncpg.create_pool(
                 urls.ingest, init=_init_connection, **{**_asyncpg_pool_kwargs(settings, False), "min_size": 0})
         except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
@@ -207,6 +214,10 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
         tiler.state.writepool = _tiler_pool(urls.ingest, settings, read_only=False, min_size=0)
         tiler.state.dbpool.wait(timeout=settings.connect_timeout_s)
         log.info("api ready", public_url=settings.base_url, pgstac=info["pgstac_version"])
+        # Everything built so far (the app, the tiler, rasterio, pydantic models: ~200k objects) lives as long as
+        # the process: out of the garbage collector's generations, a full collection no longer walks it —
+        # measured 3.1 → 0.5 ms of GC per request and +35 % throughput (docs/benchmarks.md).
+        gc.freeze()
         yield
         tiler.state.dbpool.close()
         tiler.state.writepool.close()

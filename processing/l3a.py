@@ -29,7 +29,8 @@ from catalog.collections import processing_software
 from catalog.errors import BadRequest
 from ingest.model import CogFile
 from ingest.settings import IngestSettings
-from processing.l3a_block import GROUPS, BlockTask, DateGrids, DateInput, KernelParams, close_datasets, run_block
+from processing.l3a_block import (GROUPS, BlockTask, DateGrids, DateInput, KernelParams, close_datasets,
+                                  overview_factors, run_block)
 from processing.l3a_output import MtdFacts, build_mtd, encode_cog, output_bands, write_vrt
 from processing.l3a_weights import date_weight, directional_grid, read_cloud_grid, read_geometry
 from processing.params import check_keys, load_params
@@ -218,11 +219,17 @@ def _plan(grid_r2: Grid, scratch: Path, block: tuple[int, int] | None) -> list[B
     block_rows, step = block or (BLOCK_ROWS, BLOCK_COLS)
     crs = grid_r2.crs
     t = grid_r2.transform
+    levels = {}
+    for group, (_, _, scale) in GROUPS.items():
+        factors = overview_factors(width * scale, height * scale)
+        # a block makes its own overviews when its pixels tile every level (else the encoder builds them)
+        if all((block_rows * scale) % f == 0 and (step * scale) % f == 0 for f in factors):
+            levels[group] = tuple(factors)
     tasks = []
     for row0 in range(0, height, block_rows):
         for col0 in range(0, width, step):
             tasks.append(BlockTask(len(tasks), row0, min(block_rows, height - row0), col0, min(step, width - col0),
-                                   str(scratch), crs, (t.a, t.b, t.c, t.d, t.e, t.f)))
+                                   str(scratch), crs, (t.a, t.b, t.c, t.d, t.e, t.f), levels))
     return tasks
 
 

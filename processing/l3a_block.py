@@ -13,7 +13,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from processing.l3a_kernel import NODATA, axis_samples, blue_at_half, finish, update
+from processing.l3a_kernel import NODATA, axis_samples, blue_at_half, finish, halve_mean, update
 from processing.l3a_weights import CoarseGrid
 from processing.raster_io import RasterInputError
 
@@ -72,12 +72,14 @@ class BlockTask:
     scratch: str  # folder of the pieces (shared by the workers)
     crs: str
     transform_r2: tuple[float, ...]  # affine a, b, c, d, e, f of the R2 grid
+    levels: dict[str, tuple[int, ...]] = field(default_factory=dict)  # group → overview factors the block makes
 
 
 @dataclass(frozen=True)
 class BlockOutput:
     index: int
-    pieces: dict[str, tuple[str, str]]  # group → (int16 piece: FRC…, WGT, DTS; uint8 piece: FLG, NOBS)
+    # group → factor (1: full resolution, then the overviews) → (int16 piece: FRC…, WGT, DTS; uint8: FLG, NOBS)
+    pieces: dict[str, dict[int, tuple[str, str]]]
     window: tuple[int, int, int, int]  # R2 row0, rows, col0, cols
     flag_counts: tuple[int, ...]  # FLG 0..4 over the block's R2 pixels
 
@@ -172,24 +174,48 @@ class _Group:
                kp.aot_scale, kp.aot_max, kp.w_min, kp.w_max,
                self.acc, self.wsum, self.dsum, self.blue, self.flag, self.nobs)
 
-    def write(self, task: BlockTask) -> tuple[str, str]:
+    def write(self, task: BlockTask) -> dict[int, tuple[str, str]]:
+        """The block's outputs and their overview levels (`task.levels`), as plain GeoTIFF pieces.
+
+        Overviews are made here from the block's own pixels (a block is a whole number of overview pixels), so the
+        COG driver only copies them: averaged for reflectance, weight and date, nearest for flags and counts."""
         nb = len(self.bands)
         out16 = np.empty((nb + 2, self.rows, self.cols), np.int16)
         finish(self.acc, self.wsum, self.dsum, self.flag, out16[:nb], out16[nb], out16[nb + 1])
+        out8 = np.stack([self.flag, self.nobs])
+        pieces = {1: self._piece(task, 1, out16, out8)}
+        factor = 1
+        for level in task.levels.get(self.name, ()):
+            while factor < level:
+                half = np.empty((nb + 2, -(-out16.shape[1] // 2), -(-out16.shape[2] // 2)), np.int16)
+                halve_mean(out16, half)
+                out16, out8, factor = half, np.ascontiguousarray(out8[:, ::2, ::2]), factor * 2
+            pieces[level] = self._piece(task, level, out16, out8)
+        return pieces
+
+    def _piece(self, task: BlockTask, factor: int, out16: np.ndarray, out8: np.ndarray) -> tuple[str, str]:
         a, b, c, d, e, f = task.transform_r2
-        s = self.scale
+        s = self.scale / factor
         transform = rasterio.Affine(a / s, b, c + a * task.col0, d, e / s, f + e * task.row0)
-        base = Path(task.scratch) / f"{task.index:05d}_{self.name}"
-        profile = dict(driver="GTiff", width=self.cols, height=self.rows, crs=task.crs, transform=transform,
-                       interleave="band", tiled=True, blockxsize=512, blockysize=512)
+        base = Path(task.scratch) / f"{task.index:05d}_{self.name}_{factor}"
+        profile = dict(driver="GTiff", width=out16.shape[2], height=out16.shape[1], crs=task.crs,
+                       transform=transform, interleave="band", tiled=True, blockxsize=512, blockysize=512)
         with rasterio.Env(**READ_ENV):
-            with rasterio.open(f"{base}_i16.tif", "w", count=nb + 2, dtype="int16", nodata=NODATA,
+            with rasterio.open(f"{base}_i16.tif", "w", count=out16.shape[0], dtype="int16", nodata=NODATA,
                                **profile) as ds:
                 ds.write(out16)
             with rasterio.open(f"{base}_u8.tif", "w", count=2, dtype="uint8", **profile) as ds:
-                ds.write(self.flag, 1)
-                ds.write(self.nobs, 2)
+                ds.write(out8)
         return f"{base}_i16.tif", f"{base}_u8.tif"
+
+
+def overview_factors(width: int, height: int, block: int = 512) -> list[int]:
+    """2, 4, 8 … until the overview fits in one block: the levels GDAL's COG driver makes with OVERVIEWS=AUTO."""
+    factors, factor = [], 1
+    while -(-max(width, height) // factor) > block:
+        factor *= 2
+        factors.append(factor)
+    return factors
 
 
 def run_block(task: BlockTask, dates: Sequence[DateInput], grids: Sequence[DateGrids], kp: KernelParams,

@@ -218,3 +218,22 @@ def blue_at_half(b2, out):
                     else:
                         total += b2[rr, cc]
             out[r, c] = np.inf if bad else total / 4.0
+
+
+@njit(nogil=True, cache=True)
+def halve_mean(src, out):
+    """One overview level of int16 bands (bands, rows, cols): the mean of each 2×2 window's valid pixels (a window
+    cut by the edge takes what it has), rounded; no-data where none is valid — GDAL's AVERAGE with a no-data value."""
+    nb, rows, cols = src.shape
+    for b in range(nb):
+        for r in range(out.shape[1]):
+            for c in range(out.shape[2]):
+                total = 0.0
+                n = 0
+                for dr in range(2):
+                    for dc in range(2):
+                        rr, cc = 2 * r + dr, 2 * c + dc
+                        if rr < rows and cc < cols and src[b, rr, cc] != NODATA:
+                            total += src[b, rr, cc]
+                            n += 1
+                out[b, r, c] = _to_int16(total / n) if n else NODATA

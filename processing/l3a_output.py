@@ -25,7 +25,7 @@ from catalog.collections import COG
 from ingest.checksum import multihash
 from ingest.cog import cog_options
 from ingest.model import CogFile
-from processing.l3a_block import GROUPS, READ_ENV, BlockOutput
+from processing.l3a_block import GROUPS, READ_ENV, BlockOutput, overview_factors
 from processing.l3a_kernel import NODATA
 from processing.raster_io import RasterInputError
 
@@ -59,44 +59,49 @@ def output_bands() -> list[OutputBand]:
 
 def write_vrt(path: Path, band: OutputBand, blocks: Sequence[BlockOutput], size: tuple[int, int], crs_wkt: str,
               transform: Sequence[float]) -> Path:
-    """A one-band VRT of `band` mosaicking the block pieces; `size` (rows, cols) and `transform` of its group."""
+    """A one-band VRT of `band` mosaicking the block pieces, `size` (rows, cols) and `transform` of its group, with
+    the overview levels the blocks made as the VRT's overviews (each a VRT of the pieces of that level)."""
+    factors = sorted(blocks[0].pieces[band.group]) if blocks else [1]
+    overviews = []
+    for factor in factors[1:]:
+        level = path.with_name(f"{path.stem}_{factor}.vrt")
+        level.write_text(_mosaic(band, blocks, factor, size, crs_wkt, transform, ""))
+        overviews.append(f'<Overview><SourceFilename relativeToVRT="0">{escape(str(level))}</SourceFilename>'
+                         "<SourceBand>1</SourceBand></Overview>")
+    path.write_text(_mosaic(band, blocks, 1, size, crs_wkt, transform, "".join(overviews)))
+    return path
+
+
+def _mosaic(band: OutputBand, blocks: Sequence[BlockOutput], factor: int, size: tuple[int, int], crs_wkt: str,
+            transform: Sequence[float], overviews: str) -> str:
     scale = GROUPS[band.group][2]
-    rows, cols = size
+    rows, cols = (-(-n // factor) for n in size)
     a, b, c, d, e, f = transform
     sources = []
     for block in blocks:
         row0, nrows, col0, ncols = (v * scale for v in block.window)
-        src = escape(block.pieces[band.group][band.piece])
-        rect = f'xOff="0" yOff="0" xSize="{ncols}" ySize="{nrows}"'
+        row0, col0, nrows, ncols = row0 // factor, col0 // factor, -(-nrows // factor), -(-ncols // factor)
+        src = escape(block.pieces[band.group][factor][band.piece])
         sources.append(
             f'<SimpleSource><SourceFilename relativeToVRT="0">{src}</SourceFilename>'
-            f"<SourceBand>{band.band}</SourceBand><SrcRect {rect}/>"
+            f'<SourceBand>{band.band}</SourceBand><SrcRect xOff="0" yOff="0" xSize="{ncols}" ySize="{nrows}"/>'
             f'<DstRect xOff="{col0}" yOff="{row0}" xSize="{ncols}" ySize="{nrows}"/></SimpleSource>')
     nodata = f"<NoDataValue>{band.nodata:g}</NoDataValue>" if band.nodata is not None else ""
-    text = (f'<VRTDataset rasterXSize="{cols}" rasterYSize="{rows}"><SRS>{escape(crs_wkt)}</SRS>'
-            f"<GeoTransform>{c!r}, {a!r}, {b!r}, {f!r}, {d!r}, {e!r}</GeoTransform>"
-            f'<VRTRasterBand dataType="{band.dtype}" band="1">{nodata}{"".join(sources)}</VRTRasterBand>'
+    gt = f"{c!r}, {a * factor!r}, {b!r}, {f!r}, {d!r}, {e * factor!r}"
+    return (f'<VRTDataset rasterXSize="{cols}" rasterYSize="{rows}"><SRS>{escape(crs_wkt)}</SRS>'
+            f"<GeoTransform>{gt}</GeoTransform>"
+            f'<VRTRasterBand dataType="{band.dtype}" band="1">{nodata}{"".join(sources)}{overviews}</VRTRasterBand>'
             "</VRTDataset>")
-    path.write_text(text)
-    return path
-
-
-def overview_factors(width: int, height: int, block: int = 512) -> list[int]:
-    """2, 4, 8 … until the overview fits in one block: the levels GDAL's COG driver makes with OVERVIEWS=AUTO."""
-    factors, factor = [], 1
-    while -(-max(width, height) // factor) > block:
-        factor *= 2
-        factors.append(factor)
-    return factors
 
 
 def encode_cog(vrt: str, dst: str, key: str, continuous: bool, threads: str, compress: str = "deflate") -> CogFile:
     """The COG of one output (GDAL's COG driver, landsurf's options), fsync'd, with its multihash; runs on a
     worker. A file is written once: an existing `dst` is an error.
 
-    Two measured choices (docs/benchmarks.md): the overviews are first built uncompressed beside the VRT, so the
-    COG driver copies them instead of resampling through a compressed temporary file (2× faster); and the
-    compression runs at level 1 (2.3× faster than deflate's default 6, no larger on reflectances).
+    Two measured choices (docs/benchmarks.md): the overviews come with the source (made by the blocks, or else built
+    uncompressed beside the VRT here), so the COG driver copies them instead of resampling through a compressed
+    temporary file (2× faster); and the compression runs at level 1 (2.3× faster than deflate's default 6, no larger
+    on reflectances).
     """
     path = Path(dst)
     if path.exists():
@@ -110,7 +115,7 @@ def encode_cog(vrt: str, dst: str, key: str, continuous: bool, threads: str, com
         with rasterio.Env(COMPRESS_OVERVIEW="NONE", **READ_ENV):
             with rasterio.open(vrt, "r+") as ds:
                 factors = overview_factors(ds.width, ds.height)
-                if factors:
+                if factors and not ds.overviews(1):  # blocks that could not make them (an odd block shape)
                     ds.build_overviews(factors, resampling)
             gdal_copy(vrt, str(part), driver="COG", **options)
         valid, errors, _ = cog_validate(str(part), quiet=True)

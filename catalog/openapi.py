@@ -35,6 +35,10 @@ def complete_path_parameters(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+OPENAPI_MEDIA_TYPE = "application/vnd.oai.openapi+json;version=3.0"
+"""What the landing page's service-desc link announces; clients check the answer carries it."""
+
+
 def serve_with_public_servers(app: FastAPI) -> None:
     """Answer the document with `servers` = the base URL of this request (public URL, prefix and mount
     included), in place of FastAPI's relative root path."""
@@ -44,7 +48,7 @@ def serve_with_public_servers(app: FastAPI) -> None:
     async def openapi(request: Request) -> JSONResponse:
         schema = dict(app.openapi())
         schema["servers"] = [{"url": str(request.base_url).rstrip("/")}]
-        return JSONResponse(schema)
+        return JSONResponse(schema, media_type=OPENAPI_MEDIA_TYPE)
 
     for n, route in enumerate(app.router.routes):
         if isinstance(route, Route) and route.path == app.openapi_url:

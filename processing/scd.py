@@ -179,8 +179,7 @@ def compute_chunks(groups: list[tuple[int, tuple[str, ...]]], grid: Grid, n_days
         finally:
             release_datasets()
         return out
-    shared = client.scatter(groups, broadcast=True)  # the list of inputs once per worker, not once per task
-    futures = [client.submit(_chunk, shared, *w, kparams, decode_only, pure=False) for w in windows]
+    futures = [client.submit(_chunk, groups, *w, kparams, decode_only, pure=False) for w in windows]
     try:
         for future, (r0, r1, c0, c1) in zip(futures, windows):
             out[:, r0:r1, c0:c1] = future.result()

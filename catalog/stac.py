@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
 
 from catalog.collections import COLLECTIONS, EXTENSIONS, HISTORY_SUFFIX, STAC_VERSION
+from catalog.openapi import OPENAPI_MEDIA_TYPE
 from catalog.store import render_href
 
 
@@ -118,7 +119,7 @@ def tiles_api_links(base_url: str) -> list[dict[str, str]]:
     """Where the landing page points a client for maps: the tiler's API description, documentation and TMS."""
     raster = f"{base_url.rstrip('/')}/raster"
     return [
-        {"rel": "service-desc", "type": "application/json", "title": "Tiles API (titiler-pgstac): OpenAPI",
+        {"rel": "service-desc", "type": OPENAPI_MEDIA_TYPE, "title": "Tiles API (titiler-pgstac): OpenAPI",
          "href": f"{raster}/api"},
         {"rel": "service-doc", "type": "text/html", "title": "Tiles API (titiler-pgstac): documentation",
          "href": f"{raster}/api.html"},

@@ -16,13 +16,13 @@ import functools
 import gc
 import json
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Literal, Sequence
 
 import asyncpg
 import orjson
 import psycopg
 from brotli_asgi import BrotliMiddleware
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool, PoolTimeout
 from pypgstac.version import __version__ as PYPGSTAC_VERSION
@@ -182,8 +182,10 @@ def _tiler_pool(url: str, settings: CatalogSettings, *, read_only: bool, min_siz
     )
 
 
-def create_app(settings: CatalogSettings | None = None) -> FastAPI:
-    """Build the whole API from settings."""
+def create_app(settings: CatalogSettings | None = None, routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """Build the whole API from settings. `routers` are added by the caller (the processes API lives in
+    `processing`, which catalog may not import), behind the same guards and limits; a router's
+    `conformance_classes` attribute, if any, joins the API's conformance."""
     settings = settings or CatalogSettings()
     urls = resolve_urls(settings)
     store = AssetStore.from_settings(settings)
@@ -241,6 +243,11 @@ def create_app(settings: CatalogSettings | None = None) -> FastAPI:
                           extensions=landsurf_extensions(stac_settings, store), lifespan=lifespan)
     app = api.app
     add_error_handlers(app)
+    for router in routers:
+        app.include_router(router)
+        extra = list(getattr(router, "conformance_classes", ()))
+        if extra:  # a new list: stac-fastapi's default is a module-level one
+            api.client.base_conformance_classes = [*api.client.base_conformance_classes, *extra]
     for documented in (app, tiler):
         complete_path_parameters(documented)
         serve_with_public_servers(documented)

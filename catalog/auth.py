@@ -2,7 +2,9 @@
 
 Tokens are created by an operator, stored hashed, and carry a role:
 - `admin`: every write (STAC transactions, registering mosaic searches) and every operator view;
-- `operator`: the operator views (`/deliveries`, `/metrics`) — production health, no writes.
+- `operator`: the operator views (`/deliveries`, `/metrics`) — production health, no writes;
+- `user`: the writes listed on `ROLE_WRITES` (asking for a derived product through the processes API), nothing
+  else; admin tokens may make them too.
 
 `WriteGuard` sits in front of the whole application, the mounted tiler included: any request whose
 method is not GET, HEAD or OPTIONS needs an admin token unless its route is on `PUBLIC_WRITES`, one
@@ -27,9 +29,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from catalog.asgi import header, send_error
 from catalog.errors import Forbidden, Unauthorized
 
-Role = Literal["admin", "operator"]
-ROLES: tuple[str, ...] = ("admin", "operator")
-GRANTS: dict[str, frozenset[str]] = {"admin": frozenset({"admin", "operator"}), "operator": frozenset({"operator"})}
+Role = Literal["admin", "operator", "user"]
+ROLES: tuple[str, ...] = ("admin", "operator", "user")
+GRANTS: dict[str, frozenset[str]] = {"admin": frozenset({"admin", "operator", "user"}),
+                                     "operator": frozenset({"operator"}), "user": frozenset({"user"})}
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOKEN_HINT = "send `Authorization: Bearer <token>`; an operator creates one with `landsurf token create --role ROLE`"
 
@@ -60,8 +63,20 @@ PUBLIC_WRITES: tuple[PublicWrite, ...] = (
 )
 
 
+# Writes a lesser role than admin may make; the route's own dependency then bounds them per token.
+ROLE_WRITES: tuple[tuple[PublicWrite, str], ...] = (
+    (PublicWrite("POST", _route("/processes/{process_id}/execution"),
+                 "ask for a derived product (OGC API – Processes, processing/processes_api.py)"), "user"),
+)
+
+
 def is_public_write(method: str, path: str) -> bool:
     return any(w.method == method and w.path.match(path) for w in PUBLIC_WRITES)
+
+
+def write_role(method: str, path: str) -> str:
+    """The role a write needs: admin unless listed on `ROLE_WRITES`."""
+    return next((role for w, role in ROLE_WRITES if w.method == method and w.path.match(path)), "admin")
 
 
 def token_hash(token: str) -> str:
@@ -132,19 +147,20 @@ class WriteGuard:
                 or is_public_write(scope["method"], get_route_path(scope)):
             await self.app(scope, receive, send)
             return
+        needed = write_role(scope["method"], get_route_path(scope))
         token = bearer_token(header(scope, b"authorization"))
         if token is None:
             await _refuse(send, 401, "Unauthorized", "this request writes and needs a bearer token",
-                          TOKEN_HINT.replace("ROLE", "admin"))
+                          TOKEN_HINT.replace("ROLE", needed))
             return
         role = await self.verify(scope, token)
         if role is None:
             await _refuse(send, 401, "Unauthorized", "the bearer token is unknown or revoked",
                           "ask an operator for a valid token")
             return
-        if "admin" not in GRANTS.get(role, ()):
-            await _refuse(send, 403, "Forbidden", f"a {role!r} token may not write",
-                          "writes need a token with role admin")
+        if needed not in GRANTS.get(role, ()):
+            await _refuse(send, 403, "Forbidden", f"a {role!r} token may not write here",
+                          f"this write needs a token with role {needed}")
             return
         scope.setdefault("state", {})["landsurf_role"] = role
         await self.app(scope, receive, send)

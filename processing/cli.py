@@ -329,12 +329,19 @@ def serve(host: Optional[str] = typer.Option(None, help="Address to listen on [L
     options = dict(host=settings.host, port=settings.port, log_level="warning", access_log=False,
                    proxy_headers=False, server_header=False)
     if workers == 1:
-        from catalog.app import create_app
-
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(api_app(settings), **options)
     else:  # worker processes import the factory: they read the same settings from the environment
         os.environ["LANDSURF_HOST"], os.environ["LANDSURF_PORT"] = settings.host, str(settings.port)
-        uvicorn.run("catalog.app:create_app", factory=True, workers=workers, **options)
+        uvicorn.run("processing.cli:api_app", factory=True, workers=workers, **options)
+
+
+def api_app(settings: CatalogSettings | None = None):
+    """The served app: the catalog's, with the routers of `processing` (OGC API – Processes) added."""
+    from catalog.app import create_app
+    from processing.processes_api import processes_router
+
+    settings = settings or CatalogSettings()
+    return create_app(settings, routers=[processes_router(settings)])
 
 
 @app.command("demo")
@@ -374,7 +381,8 @@ def catalog_rebase(
 
 @token_app.command("create")
 def token_create(name: str = typer.Option(..., help="Who or what uses it."),
-                 role: str = typer.Option("admin", help="admin (writes + operator views) | operator (operator views)")) -> None:
+                 role: str = typer.Option("admin", help="admin (writes + operator views) | operator (operator views) "
+                                                        "| user (asks for derived products: /processes)")) -> None:
     """Create a bearer token (printed once; only its hash is stored)."""
     from catalog.auth import create_token
     from catalog.database import session

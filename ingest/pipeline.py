@@ -19,6 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from catalog.collections import S2_L2A
 from catalog.errors import DatabaseUnavailable
@@ -41,6 +42,25 @@ class Outcome:
     product_id: str | None = None
     collection: str | None = None
     reason: str | None = None
+
+
+PublishedHook = Callable[[CatalogSettings, Outcome], object]
+_PUBLISHED_HOOKS: list[PublishedHook] = []
+
+
+def on_published(hook: PublishedHook) -> None:
+    """Call `hook(catalog, outcome)` after each L2A this process publishes (processing registers its planning
+    of derived products here: ingest never imports processing). A failing hook is logged; it changes no outcome."""
+    if hook not in _PUBLISHED_HOOKS:
+        _PUBLISHED_HOOKS.append(hook)
+
+
+def _published_hooks(catalog: CatalogSettings, outcome: Outcome) -> None:
+    for hook in list(_PUBLISHED_HOOKS):
+        try:
+            hook(catalog, outcome)
+        except Exception as exc:  # noqa: BLE001 - the delivery is published whatever a hook does
+            log.warning("a publication hook failed", product=outcome.product_id, error=str(exc)[:300])
 
 
 def write_reason(qdir: Path, name: str, receipt_id: int, reason: str) -> None:
@@ -131,7 +151,10 @@ def _process(catalog: CatalogSettings, settings: IngestSettings, receipt_id: int
     _discard(catalog, settings, path, keep=settings.keep_deliveries)
     log.info("delivery published" if status == "published" else "delivery is a duplicate", receipt=receipt_id,
              product=published.item_id, collection=published.collection, outcome=published.outcome)
-    return Outcome(receipt_id, status, published.item_id, published.collection, reason)
+    outcome = Outcome(receipt_id, status, published.item_id, published.collection, reason)
+    if status == "published":
+        _published_hooks(catalog, outcome)
+    return outcome
 
 
 def _stages(catalog: CatalogSettings, settings: IngestSettings, rec: receipts.Receipt, path: Path, work: Path,

@@ -287,7 +287,7 @@ def ingest_retry(
 
 
 @app.command("worker", help=(
-    "Run ingest jobs from the queue (any number of workers, on any machine, may run at once); retries the jobs of "
+    "Run ingest and derived-product jobs from the queue (any number of workers, on any machine, may run at once); retries the jobs of "
     "dead workers and queues receipts left without a job."))
 def worker(once: bool = typer.Option(False, "--once", help="Stop when no job is due."),
            concurrency: int = typer.Option(1, min=1, help="Jobs at once in this process.")) -> None:
@@ -435,6 +435,102 @@ def generate(
             print(f"{product.path}  cloud {product.cloud_percent}%  snow {product.snow_percent}%", flush=True)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+
+
+process_app = typer.Typer(no_args_is_help=True, help=(
+    "Derived products made now in this process with a progress bar (or queued with --queue for `landsurf "
+    "worker`): a snow map of an L2A, a monthly L3A, a snow-cover duration. Nothing is made when the current "
+    "product already comes from the same inputs and parameters. Exit codes: 0 published; 2 a bad request; 6 "
+    "its inputs are not published; 7 a fault of the system (retry)."))
+app.add_typer(process_app, name="process")
+dem_app = typer.Typer(help="The DEM of each tile (the snow maps' snowline).", no_args_is_help=True)
+app.add_typer(dem_app, name="dem")
+
+
+def _process(req, queue: bool) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from processing.derive import request_product, run_request
+
+    settings = _settings()
+    req = req.validate()
+    if queue:
+        outcome = request_product(settings, req, requested_by="cli")
+        what = f"job {outcome.job_id}" if outcome.job_id is not None else outcome.item_id
+        out.print(f"{req.describe()}: {outcome.status} ({what})", highlight=False)
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(req.describe(), total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=f"{req.describe()}: {stage}", completed=done, total=total)
+
+        outcome = run_request(settings, req, progress=progress)
+    detail = f" ({outcome.reason})" if outcome.reason else ""
+    out.print(f"{req.describe()}: {outcome.status} {outcome.item_id} in {outcome.collection}{detail}",
+              highlight=False)
+
+
+@process_app.command("snow")
+def process_snow(l2a_id: str = typer.Argument(..., help="The L2A's id (its current version is used)."),
+                 queue: bool = typer.Option(False, "--queue", help="Only queue it for `landsurf worker`.")) -> None:
+    """The snow map of an L2A (with the tile's DEM when one is registered: `landsurf dem add`)."""
+    from processing.derive import DerivedRequest
+
+    _process(DerivedRequest("snow", l2a_id=l2a_id), queue)
+
+
+@process_app.command("l3a")
+def process_l3a(tile: str = typer.Option(..., "--tile", help="MGRS tile, e.g. 31TCH."),
+                month: str = typer.Option(..., "--month", help="YYYY-MM: the synthesis of the 15th, ±23 days."),
+                queue: bool = typer.Option(False, "--queue", help="Only queue it for `landsurf worker`.")) -> None:
+    """The monthly L3A synthesis of a tile from the L2As published in its ±23-day window."""
+    from processing.derive import DerivedRequest
+
+    _process(DerivedRequest("l3a", tile=tile, month=month), queue)
+
+
+@process_app.command("scd")
+def process_scd(tile: str = typer.Option(..., "--tile", help="MGRS tile, e.g. 31TCH."),
+                year: Optional[int] = typer.Option(None, "--year", help="Hydrological year N: 1 Sep N – 31 Aug N+1."),
+                start: Optional[str] = typer.Option(None, help="Or a period: first day, YYYY-MM-DD."),
+                stop: Optional[str] = typer.Option(None, help="Last day, YYYY-MM-DD."),
+                queue: bool = typer.Option(False, "--queue", help="Only queue it for `landsurf worker`.")) -> None:
+    """The snow-cover duration of a tile over a hydrological year (or a period) from its published snow maps."""
+    from processing.derive import DerivedRequest
+    from processing.scd import hydrological_year
+
+    if year is not None:
+        if start or stop:
+            raise typer.BadParameter("give --year or --start/--stop, not both")
+        first, last = hydrological_year(year)
+    elif start and stop:
+        first, last = start, stop
+    else:
+        raise typer.BadParameter("give --year N, or --start and --stop")
+    _process(DerivedRequest("scd", tile=tile, start=first, stop=last), queue)
+
+
+@dem_app.command("add")
+def dem_add(tile: str = typer.Argument(..., help="MGRS tile, e.g. 31TCH."),
+            file: str = typer.Argument(..., help="A GDAL-readable DEM (kept when on the tile's 20 m grid, else "
+                                                  "resampled onto it).")) -> None:
+    """Register the DEM of a tile (a new file becomes the current version; the snow maps made with the previous
+    one are queued again)."""
+    from pathlib import Path
+
+    from processing.dem import register_dem
+    from processing.plan import on_dem_published
+
+    if not Path(file).is_file():
+        raise typer.BadParameter(f"no such file: {file}")
+    settings = _settings()
+    published = register_dem(settings, tile, Path(file))
+    out.print(f"{published.outcome} {published.item_id}", highlight=False)
+    jobs = on_dem_published(settings, tile, published.superseded)
+    if jobs:
+        out.print(f"{len(jobs)} snow map(s) made with the previous DEM queued again", highlight=False)
 
 
 def main() -> None:

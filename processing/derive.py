@@ -38,7 +38,7 @@ KINDS: tuple[str, ...] = ("snow", "l3a", "scd")
 COLLECTIONS: dict[str, str] = {"snow": S2_SNOW, "l3a": S2_L3A, "scd": S2_SCD}
 Status = Literal["published", "queued", "running", "failed"]
 _L2A_ID = re.compile(r"^(SENTINEL2[A-D])_(\d{8}-\d{6}-\d{3})_L2A_T(\d{2}[A-Z]{3})_([A-Z])_V(\d+-\d+)$")
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+_MONTH = re.compile(r"^(\d{4})-(\d{1,2})$")
 
 
 class DeriveInputError(BadRequest):

@@ -44,6 +44,8 @@ log = get_logger(__name__)
 
 INGEST_QUEUE = "ingest"
 TASK_NAME = "ingest.delivery"
+DERIVE_QUEUE = "derive"
+DERIVE_TASK = "processing.derive"
 SWEEP_LOCK = "landsurf-sweep"
 LIVE = ("todo", "doing")
 
@@ -54,6 +56,7 @@ class IngestQueue(procrastinate.App):
     catalog: CatalogSettings
     ingest: IngestSettings
     conninfo: str
+    tick_derived: bool = False  # the sweep also runs the planning tick of derived products (long-running workers)
 
 
 def create_queue(catalog: CatalogSettings | None = None, ingest: IngestSettings | None = None) -> IngestQueue:
@@ -78,6 +81,29 @@ def create_queue(catalog: CatalogSettings | None = None, ingest: IngestSettings 
             return process(catalog, ingest, receipt_id).status
         except DatabaseError as exc:  # e.g. the receipt lock could not even be asked for
             raise TransientIngestError(str(exc), "the job is retried with backoff") from exc
+
+    from ingest.pipeline import on_published
+    from processing.derive import TransientDeriveError
+    from processing.plan import on_l2a_published
+    from processing.settings import ProcessingSettings
+
+    on_published(on_l2a_published)  # an L2A published by this process plans its derived products
+
+    processing = ProcessingSettings()
+
+    @app.task(
+        name=DERIVE_TASK,
+        queue=DERIVE_QUEUE,
+        pass_context=True,
+        # a fault of the system (database down, disk full) is retried with backoff; missing inputs are not
+        retry=procrastinate.RetryStrategy(max_attempts=processing.derive_max_attempts,
+                                          wait=ingest.retry_wait_seconds, exponential_wait=ingest.retry_exponential,
+                                          retry_exceptions={TransientDeriveError}),
+    )
+    def derive(context, request: dict, cause: str = "request") -> str:
+        from processing.derive import DerivedRequest, run_request
+
+        return run_request(catalog, DerivedRequest.from_args(request), job_id=context.job.id).status
 
     return app
 
@@ -127,6 +153,52 @@ async def defer_receipt_async(app: procrastinate.App, receipt_id: int, checksum:
         return -1
 
 
+def _configured_derive(app: procrastinate.App, key: str):
+    # queueing lock: one waiting job per product; lock: one running job per product (a cascade queued while the
+    # product runs waits for it, then finds the new inputs)
+    # below ingest: near-real-time deliveries are never starved by a backlog of derived products
+    return app.tasks[DERIVE_TASK].configure(lock=key, queueing_lock=key, priority=-1)
+
+
+def defer_derive(catalog: CatalogSettings, req, *, cause: str = "request", requested_by: str | None = None,
+                 app: procrastinate.App | None = None) -> int | None:
+    """Queue the making of a derived product; None when a job for it is already waiting."""
+    from processing.derive import record
+
+    def run(queue: procrastinate.App) -> int | None:
+        try:
+            job_id = _configured_derive(queue, req.key).defer(request=req.as_args(), cause=cause)
+        except AlreadyEnqueued:
+            return None
+        record(catalog, job_id, req, status="queued", requested_by=requested_by, cause=cause)
+        return job_id
+
+    if app is not None:
+        return run(app)
+    with opened(catalog, IngestSettings()) as queue:
+        return run(queue)
+
+
+DERIVED_TABLE = """
+CREATE TABLE IF NOT EXISTS landsurf.derived_requests (
+    job_id       bigint PRIMARY KEY,
+    key          text NOT NULL,
+    kind         text NOT NULL,
+    request      jsonb NOT NULL,
+    requested_by text,
+    cause        text,
+    status       text NOT NULL,
+    item_id      text,
+    collection   text,
+    reason       text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS derived_requests_key_idx ON landsurf.derived_requests (key, job_id DESC);
+CREATE INDEX IF NOT EXISTS derived_requests_by_idx ON landsurf.derived_requests (requested_by, status);
+"""
+
+
 def ensure_schema(catalog: CatalogSettings) -> bool:
     """Install procrastinate's tables once (as admin) and let the ingest role use them."""
     urls = resolve_urls(catalog)
@@ -148,6 +220,13 @@ def ensure_schema(catalog: CatalogSettings) -> bool:
         api_user = urlsplit(urls.api).username
         if api_user and api_user != user:  # /health and /metrics count receipts left without a live job
             conn.execute(sql.SQL("GRANT SELECT ON public.procrastinate_jobs TO {}").format(sql.Identifier(api_user)))
+        # where derived-product jobs stand, kept after procrastinate deletes their finished job rows
+        conn.execute(DERIVED_TABLE)
+        if ingest_user and ingest_user != user:
+            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON landsurf.derived_requests TO {}").format(
+                sql.Identifier(ingest_user)))
+        if api_user and api_user != user:
+            conn.execute(sql.SQL("GRANT SELECT ON landsurf.derived_requests TO {}").format(sql.Identifier(api_user)))
     return not installed
 
 # ------------------------------------------------------------------------------------------------ the sweep
@@ -158,6 +237,7 @@ class Sweep:
     ran: bool = False                                   # False: another sweeper held the lock
     stalled: list[int] = field(default_factory=list)    # job ids of dead workers, retried
     requeued: list[int] = field(default_factory=list)   # receipt ids that had no live job, queued again
+    planned: list[int] = field(default_factory=list)    # derived-product jobs queued by the planning tick
 
 
 def stranded(catalog: CatalogSettings, grace_s: float = 0.0) -> list[receipts.Receipt]:
@@ -213,10 +293,13 @@ async def sweep(app: IngestQueue) -> Sweep:
         if not (await cur.fetchone())[0]:
             return report
         report.ran = True
-        for job in await app.job_manager.get_stalled_jobs(task_name=TASK_NAME,
-                                                          seconds_since_heartbeat=ingest.stalled_seconds):
+        stalled = [(job, INGEST_QUEUE) for job in await app.job_manager.get_stalled_jobs(
+            task_name=TASK_NAME, seconds_since_heartbeat=ingest.stalled_seconds)]
+        stalled += [(job, DERIVE_QUEUE) for job in await app.job_manager.get_stalled_jobs(
+            task_name=DERIVE_TASK, seconds_since_heartbeat=ingest.stalled_seconds)]
+        for job, queue in stalled:
             try:
-                await app.job_manager.retry_job(job, queue=INGEST_QUEUE)
+                await app.job_manager.retry_job(job, queue=queue)
                 report.stalled.append(job.id)
                 log.warning("job of a dead worker retried", job=job.id, receipt=job.task_kwargs.get("receipt_id"))
             except ConnectorException as exc:  # finished or retried meanwhile
@@ -225,6 +308,10 @@ async def sweep(app: IngestQueue) -> Sweep:
             if await defer_receipt_async(app, receipt_id, checksum) != -1:
                 report.requeued.append(receipt_id)
                 log.warning("receipt without a job queued again", receipt=receipt_id)
+        if app.tick_derived:  # derived products whose deadline passed, or that an L2A still lacks
+            from processing.plan import tick
+
+            report.planned = await asyncio.to_thread(tick, catalog)
     finally:
         await conn.close()  # releases the sweep lock
     return report
@@ -267,13 +354,14 @@ def retry(app: procrastinate.App, catalog: CatalogSettings, ingest: IngestSettin
 
 
 def run_worker(app: IngestQueue, *, once: bool = False, concurrency: int = 1) -> None:
-    """Process ingest jobs; with `once`, stop when no job is due. Without it, run until SIGINT/SIGTERM, riding
+    """Process ingest and derived-product jobs; with `once`, stop when no job is due. Without it, run until SIGINT/SIGTERM, riding
     out database outages (the worker waits and reconnects)."""
     asyncio.run(_work(app, once, concurrency))
 
 
 async def _work(app: IngestQueue, once: bool, concurrency: int) -> None:
     ingest = app.ingest
+    app.tick_derived = not once
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     current: list[asyncio.Task] = []
@@ -288,7 +376,7 @@ async def _work(app: IngestQueue, once: bool, concurrency: int) -> None:
                 await _sweep_logged(app)
                 sweeper = None if once else asyncio.create_task(_sweep_every(app))
                 worker = asyncio.create_task(app.run_worker_async(
-                    queues=[INGEST_QUEUE], wait=not once, concurrency=concurrency, install_signal_handlers=False,
+                    queues=[INGEST_QUEUE, DERIVE_QUEUE], wait=not once, concurrency=concurrency, install_signal_handlers=False,
                     delete_jobs="successful", update_heartbeat_interval=ingest.heartbeat_seconds,
                     stalled_worker_timeout=ingest.stalled_seconds,
                     fetch_job_polling_interval=min(ingest.poll_seconds, 5.0)))

@@ -19,3 +19,13 @@ class ProcessingSettings(BaseSettings):
                                "(no cluster to start); at or above it, on the cluster.")
     dask_processes: bool = Field(True, description="LocalCluster workers are processes (the GIL-free default); "
                                  "false: threads of this process (where spawning processes is not allowed).")
+    # derived products: orchestration by lineage (processing/plan.py, processing/derive.py)
+    auto_derive: bool = Field(True, description="Derived products are planned with no human in the loop: a "
+                              "published L2A queues its snow map, a complete (or late) L3A window its synthesis, a "
+                              "changed input its dependants. false: only what is asked for is made.")
+    l3a_deadline_days: int = Field(10, ge=0, description="An L3A is made this many days after the end of its "
+                                   "±23-day window even when no later L2A of the tile has come (the worker's tick).")
+    derive_lookback_days: int = Field(120, ge=1, description="How far back (acquisition dates) the worker's tick "
+                                      "looks for L3A deadlines and L2As without a snow map.")
+    derive_max_attempts: int = Field(5, ge=1, description="Attempts of a derived-product job after faults of the "
+                                     "system (database down, disk full) before it is failed.")

@@ -27,6 +27,9 @@ from catalog.settings import CatalogSettings
 from processing.setup import prepare_database
 
 ROOT = Path(__file__).resolve().parents[1]
+# Derived products are planned automatically in production; the suite's other tests publish L2As for their own
+# purposes, so planning is off unless a test turns it on (tests/processing/test_derive.py does).
+os.environ.setdefault("LANDSURF_PROCESSING_AUTO_DERIVE", "false")
 
 
 def free_port() -> int:

@@ -67,6 +67,8 @@ PUBLIC_WRITES: tuple[PublicWrite, ...] = (
 ROLE_WRITES: tuple[tuple[PublicWrite, str], ...] = (
     (PublicWrite("POST", _route("/processes/{process_id}/execution"),
                  "ask for a derived product (OGC API – Processes, processing/processes_api.py)"), "user"),
+    (PublicWrite("DELETE", _route("/jobs/{job_id}"), "dismiss one's own processing job (the route checks the owner)"),
+     "user"),
 )
 
 

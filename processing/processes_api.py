@@ -7,6 +7,8 @@ catalog's app (`create_app(settings, routers=[processes_router(settings)])` — 
     GET  /jobs                           the caller's jobs (operator and admin tokens: everyone's)
     GET  /jobs/{jobId}                   statusInfo: accepted | running | successful | failed
     GET  /jobs/{jobId}/results           links to the published STAC item and its assets
+    DELETE /jobs/{jobId}                 dismiss: the caller's job stops counting (the product, shared work, may
+                                         still be made and published)
 
 Execution is asynchronous only (`jobControlOptions: [async-execute]`): the work is a job on the crash-safe queue
 (`processing.derive.request_product`, which never blocks on the work). A product that already exists is answered
@@ -41,7 +43,7 @@ from catalog.store import render_href
 log = get_logger(__name__)
 
 OGC = "http://www.opengis.net/spec/ogcapi-processes-1/1.0/conf/"
-CONFORMANCE = [OGC + c for c in ("core", "ogc-process-description", "json", "oas30", "job-list")]
+CONFORMANCE = [OGC + c for c in ("core", "ogc-process-description", "json", "oas30", "job-list", "dismiss")]
 REL_RESULTS = "http://www.opengis.net/def/rel/ogc/1.0/results"
 REL_DESCRIPTION = "http://www.opengis.net/def/rel/ogc/1.0/processes"
 LIVE = ("accepted", "running")
@@ -380,6 +382,19 @@ class Jobs:
                 rows = await own.fetch(sql, *args, timeout=self.statement_s)
         return next((dict(r) for r in rows if r["id"] == job_id), {})
 
+    async def dismiss(self, request: Request, job_id: str, caller: Caller) -> dict[str, Any]:
+        """The job marked dismissed (only its owner, or an admin). The queue job is left alone: it may be shared
+        with other users or the planner, and what it publishes is the catalog's, not this job's."""
+        row = await self.get(request, job_id, caller)
+        if row["requested_by"] != caller.name and "admin" not in GRANTS.get(caller.role, ()):
+            raise NotFound(f"no job {job_id!r} of yours", "GET /jobs lists yours")
+        async with request.app.state.writepool.acquire(timeout=self.acquire_s) as conn:
+            updated = await conn.fetchrow(
+                "UPDATE landsurf.process_jobs SET status = 'dismissed', updated = now(), "
+                "finished = coalesce(finished, now()) WHERE id = $1 "
+                f"RETURNING {COLUMNS}", job_id, timeout=self.statement_s)
+        return dict(updated) if updated is not None else row
+
     async def execute(self, request: Request, caller: Caller, process_id: str, req,
                       inputs: dict[str, Any]) -> dict[str, Any]:
         """Under a per-caller lock: refresh the caller's live jobs, enforce the cap, hand the request to the queue
@@ -446,7 +461,7 @@ def status_info(row: dict[str, Any], base: str) -> dict[str, Any]:
 def process_summary(process_id: str, base: str) -> dict[str, Any]:
     spec = PROCESSES[process_id]
     return {"id": process_id, "title": spec["title"], "description": spec["description"],
-            "keywords": spec["keywords"], "version": __version__, "jobControlOptions": ["async-execute"],
+            "keywords": spec["keywords"], "version": __version__, "jobControlOptions": ["async-execute", "dismiss"],
             "outputTransmission": ["reference"],
             "links": [{"href": f"{base}/processes/{process_id}", "rel": "self", "type": "application/json",
                        "title": "process description"},
@@ -549,6 +564,15 @@ def processes_router(settings: CatalogSettings, bounds: ProcessesSettings | None
         caller = await jobs.caller(request)
         return _json(status_info(await jobs.get(request, jobId, caller), _base(request)))
 
+    @router.delete("/jobs/{jobId}", summary="Dismiss a job of yours", responses=ERRORS)
+    async def dismiss_job(jobId: str, request: Request) -> JSONResponse:
+        """Needs the job owner's token (role user) or an admin token. The job stops counting against your
+        live jobs; the product, shared work, may still be made and published."""
+        caller = await jobs.caller(request)
+        row = await jobs.dismiss(request, jobId, caller)
+        log.info("job dismissed", job=jobId, by=caller.name)
+        return _json(status_info(row, _base(request)))
+
     @router.get("/jobs/{jobId}/results", summary="A finished job's results", responses=ERRORS)
     async def job_results(jobId: str, request: Request) -> JSONResponse:
         caller = await jobs.caller(request)
@@ -556,6 +580,8 @@ def processes_router(settings: CatalogSettings, bounds: ProcessesSettings | None
         if row["status"] == "failed":
             raise NotFound(f"job {jobId} failed: {row['reason'] or 'no reason recorded'}",
                            "see GET /jobs/{jobId}; ask again once the cause is fixed")
+        if row["status"] == "dismissed":
+            raise NotFound(f"job {jobId} was dismissed", "ask for the product again")
         if row["status"] != "successful" or not row["item_id"]:
             raise NotFound(f"job {jobId} has no results yet (status {row['status']})",
                            "poll GET /jobs/{jobId} until it is successful")

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: venv demo test bench clean system-deps
+.PHONY: venv viewer demo test bench clean system-deps
 
 $(BIN)/landsurf: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +11,20 @@ $(BIN)/landsurf: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-venv: $(BIN)/landsurf
+venv: $(BIN)/landsurf viewer
+
+# The web viewer's one npm dependency (MapLibre GL, pinned by catalog/viewer/package-lock.json), installed with
+# `npm ci` and its dist files copied where the app serves them: no CDN and no network once built.
+VIEWER  = catalog/viewer
+MAPLIBRE = $(VIEWER)/node_modules/maplibre-gl
+viewer: $(VIEWER)/static/vendor/maplibre-gl.mjs
+
+$(VIEWER)/static/vendor/maplibre-gl.mjs: $(VIEWER)/package.json $(VIEWER)/package-lock.json
+	cd $(VIEWER) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	mkdir -p $(VIEWER)/static/vendor
+	cp $(MAPLIBRE)/dist/maplibre-gl-worker.mjs $(MAPLIBRE)/dist/maplibre-gl.css $(VIEWER)/static/vendor/
+	cp $(MAPLIBRE)/LICENSE.txt $(VIEWER)/static/vendor/maplibre-gl.LICENSE.txt
+	cp $(MAPLIBRE)/dist/maplibre-gl.mjs $@
 
 # PostgreSQL 15 + PostGIS from Debian packages, when missing (needs root; CI runs as root).
 system-deps:

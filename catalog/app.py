@@ -48,6 +48,7 @@ from catalog.stac import LandsurfClient
 from catalog.transactions import landsurf_extensions
 from catalog.store import DOWNLOAD_PREFIX, AssetStore
 from catalog.tiles import MountedRootPath, create_tiler_app
+from catalog.viewer import is_built as viewer_built, viewer_mount
 
 log = get_logger(__name__)
 
@@ -260,6 +261,9 @@ def create_app(settings: CatalogSettings | None = None, routers: Sequence[APIRou
         for m in app.user_middleware if m.cls is not ProxyHeaderMiddleware
     ]
     app.mount("/raster", MountedRootPath(tiler), name="raster")
+    app.routes.append(viewer_mount("/viewer"))  # static files, GET/HEAD only
+    if not viewer_built():
+        log.warning("web viewer not built: /viewer has no map library", fix="run `make viewer`")
     download_route = add_download_route(app, store, settings.accel_redirect)
     operator = Depends(require_role("operator"))
 

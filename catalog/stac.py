@@ -175,7 +175,10 @@ class LandsurfClient(CoreCrudClient):
 
     async def landing_page(self, **kwargs: Any):  # type: ignore[override]
         page = await super().landing_page(**kwargs)
-        page["links"] += tiles_api_links(str(kwargs["request"].base_url))
+        base = str(kwargs["request"].base_url)
+        page["links"] += tiles_api_links(base)
+        page["links"].append({"rel": "alternate", "type": "text/html", "title": "Web viewer",
+                              "href": f"{base.rstrip('/')}/viewer/"})
         return _finish(page, JSONResponse)
 
     async def _search_base(self, search_request, request):  # type: ignore[override]

@@ -1,0 +1,429 @@
+// landsurf web viewer: search the STAC API (POST /search, paged by its `next` links), show footprints on the map
+// and in a list, draw a selected product's tiles from the tiler (/raster) with its render parameters, and the
+// monthly L3A syntheses by month, two months side by side with a swipe. Everything comes from this origin.
+import { LngLatBounds, Map as MapLibre, NavigationControl, ScaleControl } from "./vendor/maplibre-gl.mjs";
+
+const API = new URL("../", window.location.href);  // the viewer lives at <api>/viewer/
+const L3A = "sentinel2-l3a";
+const DEFAULT_COLLECTION = "sentinel2-l2a";
+const MAX_PAGES = 20;  // L3A months: at most this many pages of the collection are read to list them
+const $ = (id) => document.getElementById(id);
+
+const BLANK_STYLE = {
+  version: 8,
+  sources: {},
+  layers: [{ id: "background", type: "background", paint: { "background-color": "#dfe6e9" } }],
+};
+const EMPTY = { type: "FeatureCollection", features: [] };
+
+const state = {
+  collections: new Map(),  // id → collection (its `renders`, if any)
+  body: null,              // the body of the current search (paging merges into it)
+  next: null,              // the current search's `next` link
+  items: new Map(),        // id → item, in arrival order
+  matched: null,           // numberMatched of the current search
+  selected: null,
+  drawing: false,
+  area: null,              // [w, s, e, n] drawn on the map
+  months: new Map(),       // "YYYY-MM" → L3A items of that month
+};
+
+// ---------- helpers ----------
+function apiUrl(path) { return new URL(path, API).href; }
+
+async function getJson(url, options = {}) {
+  const response = await fetch(url, { headers: { Accept: "application/geo+json, application/json" }, ...options });
+  if (!response.ok) {
+    let detail = "";
+    try { detail = (await response.json()).description || ""; } catch { /* not JSON */ }
+    throw new Error(`${response.status} ${response.statusText} for ${new URL(url).pathname}${detail ? `: ${detail}` : ""}`);
+  }
+  return response.json();
+}
+
+function report(message, isError = false) {
+  $("status").textContent = message;
+  if (isError) console.error(`landsurf viewer: ${message}`);
+}
+
+function itemDate(item) {
+  const p = item.properties || {};
+  return p.datetime || p.start_datetime || "";
+}
+
+// The item's render (render extension): on the item, in its properties, or its collection's default.
+function renderOf(item) {
+  const renders = item.renders || (item.properties || {}).renders
+    || (state.collections.get(item.collection) || {}).renders;
+  if (!renders) return null;
+  const [name] = Object.keys(renders);
+  return name ? renders[name] : null;
+}
+
+// A render as tiler query parameters (as the API's own tile links write them).
+function renderQuery(render) {
+  const q = new URLSearchParams();
+  for (const a of render.assets || []) q.append("assets", a);
+  for (const r of render.rescale || []) q.append("rescale", r.join(","));
+  for (const key of ["expression", "colormap_name", "color_formula", "resampling", "nodata"]) {
+    if (key in render) q.append(key, String(render[key]));
+  }
+  if (render.colormap) q.append("colormap", JSON.stringify(render.colormap));
+  return q;
+}
+
+// The XYZ tile template of an item: its tilejson link's parameters (the API's), else built from its `renders`.
+function tileTemplate(item) {
+  const root = apiUrl(`raster/collections/${encodeURIComponent(item.collection)}/items/${encodeURIComponent(item.id)}`);
+  let query;
+  const link = (item.links || []).find((l) => l.rel === "tilejson");
+  if (link) {
+    query = new URL(link.href).searchParams;
+  } else {
+    const render = renderOf(item);
+    if (!render) return null;
+    query = renderQuery(render);
+  }
+  query.set("tilesize", "512");
+  // {z}/{x}/{y} must stay literal for MapLibre: appended after the encoded part
+  return `${root}/tiles/WebMercatorQuad/{z}/{x}/{y}.png?${query.toString()}`;
+}
+
+function rasterSource(item) {
+  const tiles = tileTemplate(item);
+  if (!tiles) return null;
+  const source = { type: "raster", tiles: [tiles], tileSize: 512, minzoom: 0, maxzoom: 15 };
+  if (Array.isArray(item.bbox) && item.bbox.length === 4) source.bounds = item.bbox;  // no request outside it
+  return source;
+}
+
+function boundsOf(items) {
+  const bounds = new LngLatBounds();
+  for (const item of items) {
+    if (Array.isArray(item.bbox) && item.bbox.length >= 4) {
+      bounds.extend([item.bbox[0], item.bbox[1]]);
+      bounds.extend([item.bbox[2], item.bbox[3]]);
+    }
+  }
+  return bounds.isEmpty() ? null : bounds;
+}
+
+// ---------- the maps ----------
+const map = new MapLibre({ container: "map", style: BLANK_STYLE, center: [2.5, 46.5], zoom: 4.5,
+                           attributionControl: false, maxZoom: 16 });
+map.addControl(new NavigationControl({ showCompass: false }), "top-right");
+map.addControl(new ScaleControl(), "bottom-left");
+let mapB = null;  // created when a comparison is asked for
+const mapReady = new Promise((resolve) => map.on("load", resolve));
+
+function reportMapError(event) {
+  const error = event && event.error;
+  report(`map: ${error && error.message ? error.message : String(error)}`, true);
+}
+map.on("error", reportMapError);
+
+mapReady.then(() => {
+  map.addSource("footprints", { type: "geojson", data: EMPTY });
+  map.addSource("area", { type: "geojson", data: EMPTY });
+  map.addLayer({ id: "footprints-fill", type: "fill", source: "footprints",
+                 paint: { "fill-color": "#2471a3", "fill-opacity": 0.12 } });
+  map.addLayer({ id: "footprints-line", type: "line", source: "footprints",
+                 paint: { "line-color": "#1a5276", "line-width": 1.5 } });
+  map.addLayer({ id: "footprints-selected", type: "line", source: "footprints", filter: ["==", ["get", "id"], ""],
+                 paint: { "line-color": "#d35400", "line-width": 3 } });
+  map.addLayer({ id: "area-line", type: "line", source: "area",
+                 paint: { "line-color": "#b7950b", "line-width": 2, "line-dasharray": [2, 1] } });
+  map.on("click", "footprints-fill", (e) => {
+    if (state.drawing || !e.features.length) return;
+    select(e.features[0].properties.id);
+  });
+  map.on("mouseenter", "footprints-fill", () => { map.getCanvas().classList.add("pointer"); });
+  map.on("mouseleave", "footprints-fill", () => { map.getCanvas().classList.remove("pointer"); });
+});
+
+// ---------- area (a drag-box) ----------
+let boxStart = null;
+function boxFeature(a, b) {
+  const [w, e] = [Math.min(a.lng, b.lng), Math.max(a.lng, b.lng)];
+  const [s, n] = [Math.min(a.lat, b.lat), Math.max(a.lat, b.lat)];
+  return { bbox: [w, s, e, n],
+           feature: { type: "Feature", properties: {},
+                      geometry: { type: "Polygon", coordinates: [[[w, s], [e, s], [e, n], [w, n], [w, s]]] } } };
+}
+function setDrawing(on) {
+  state.drawing = on;
+  $("draw").setAttribute("aria-pressed", String(on));
+  if (on) map.dragPan.disable(); else map.dragPan.enable();
+}
+map.on("mousedown", (e) => { if (state.drawing) { boxStart = e.lngLat; e.preventDefault(); } });
+map.on("mousemove", (e) => {
+  if (state.drawing && boxStart) map.getSource("area").setData(boxFeature(boxStart, e.lngLat).feature);
+});
+map.on("mouseup", (e) => {
+  if (!state.drawing || !boxStart) return;
+  const { bbox, feature } = boxFeature(boxStart, e.lngLat);
+  boxStart = null;
+  setDrawing(false);
+  if (bbox[0] === bbox[2] || bbox[1] === bbox[3]) return;  // a click, not a box
+  state.area = bbox;
+  map.getSource("area").setData(feature);
+  $("area-text").textContent = bbox.map((v) => v.toFixed(3)).join(", ");
+});
+$("draw").addEventListener("click", () => setDrawing(!state.drawing));
+$("clear-area").addEventListener("click", () => {
+  state.area = null;
+  setDrawing(false);
+  if (map.getSource("area")) map.getSource("area").setData(EMPTY);
+  $("area-text").textContent = "no area";
+});
+
+// ---------- search ----------
+function searchBody() {
+  const body = { collections: [$("collection").value], limit: Math.max(1, Math.min(1000, Number($("limit").value) || 50)) };
+  const start = $("start").value, end = $("end").value;
+  if (start || end) body.datetime = `${start ? `${start}T00:00:00Z` : ".."}/${end ? `${end}T23:59:59Z` : ".."}`;
+  if (state.area) body.bbox = state.area;
+  const filters = [];
+  if ($("cloud").value !== "") filters.push({ op: "<=", args: [{ property: "eo:cloud_cover" }, Number($("cloud").value)] });
+  const tile = $("tile").value.trim().toUpperCase().replace(/^T/, "");
+  if (tile) filters.push({ op: "=", args: [{ property: "grid:code" }, `MGRS-${tile}`] });
+  if (filters.length) {
+    body.filter = filters.length === 1 ? filters[0] : { op: "and", args: filters };
+    body["filter-lang"] = "cql2-json";
+  }
+  return body;
+}
+
+function footprints() {
+  return {
+    type: "FeatureCollection",
+    features: [...state.items.values()].filter((i) => i.geometry).map((i) => ({
+      type: "Feature", geometry: i.geometry, properties: { id: i.id },
+    })),
+  };
+}
+
+function listEntry(item) {
+  const li = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.dataset.id = item.id;
+  const date = document.createElement("span");
+  date.className = "date";
+  date.textContent = itemDate(item).slice(0, 10);
+  const cloud = (item.properties || {})["eo:cloud_cover"];
+  const text = document.createTextNode(`  ${item.id}${cloud === undefined ? "" : `  ☁ ${Number(cloud).toFixed(0)} %`}`);
+  button.append(date, text);
+  button.addEventListener("click", () => select(item.id));
+  li.append(button);
+  return li;
+}
+
+async function runPage(url, body) {
+  $("go").disabled = true;
+  $("more").disabled = true;
+  try {
+    const page = await getJson(url, { method: "POST", body: JSON.stringify(body),
+                                      headers: { "Content-Type": "application/json", Accept: "application/geo+json" } });
+    const fresh = [];
+    for (const item of page.features || []) {
+      if (!state.items.has(item.id)) { state.items.set(item.id, item); fresh.push(item); }
+    }
+    $("results").append(...fresh.map(listEntry));
+    state.matched = page.numberMatched ?? state.matched;
+    state.next = (page.links || []).find((l) => l.rel === "next") || null;
+    await mapReady;
+    map.getSource("footprints").setData(footprints());
+    $("more").hidden = !state.next;
+    const of = state.matched === null || state.matched === undefined ? "" : ` of ${state.matched}`;
+    report(`${state.items.size}${of} products${state.next ? "" : " (all shown)"}`);
+    return fresh;
+  } finally {
+    $("go").disabled = false;
+    $("more").disabled = false;
+  }
+}
+
+async function search(event) {
+  if (event) event.preventDefault();
+  state.body = searchBody();
+  state.items.clear();
+  state.next = null;
+  state.matched = null;
+  $("results").replaceChildren();
+  $("more").hidden = true;
+  unselect();
+  report("searching…");
+  try {
+    await runPage(apiUrl("search"), state.body);
+    const bounds = boundsOf(state.items.values());
+    if (bounds) map.fitBounds(bounds, { padding: 40, maxZoom: 14, duration: 0 });
+  } catch (error) {
+    report(`search failed: ${error.message}`, true);
+  }
+}
+
+async function more() {
+  const link = state.next;
+  if (!link) return;
+  // a POST `next` link carries the paging token in its body, to merge into the search's own
+  const body = link.merge ? { ...state.body, ...(link.body || {}) } : (link.body || state.body);
+  try {
+    if ((link.method || "GET").toUpperCase() === "POST") {
+      await runPage(link.href, body);
+    } else {
+      state.body = null;
+      await runPage(link.href, undefined);
+    }
+  } catch (error) {
+    report(`next page failed: ${error.message}`, true);
+  }
+}
+
+// ---------- selection ----------
+function unselect() {
+  state.selected = null;
+  $("detail").hidden = true;
+  if (map.getLayer("item")) map.removeLayer("item");
+  if (map.getSource("item")) map.removeSource("item");
+  if (map.getLayer("footprints-selected")) {
+    map.setFilter("footprints-selected", ["==", ["get", "id"], ""]);
+    map.setFilter("footprints-fill", null);
+  }
+}
+
+function select(id) {
+  const item = state.items.get(id);
+  if (!item) return;
+  unselect();
+  state.selected = id;
+  for (const b of $("results").querySelectorAll("button")) b.classList.toggle("selected", b.dataset.id === id);
+  map.setFilter("footprints-selected", ["==", ["get", "id"], id]);
+  map.setFilter("footprints-fill", ["!=", ["get", "id"], id]);  // its tiles unveiled
+  $("detail").hidden = false;
+  $("detail-title").textContent = id;
+  const thumb = Object.values(item.assets || {}).find((a) => (a.roles || []).includes("thumbnail"));
+  const preview = (item.links || []).find((l) => l.rel === "preview");
+  const img = $("thumb");
+  img.hidden = !(thumb || preview);
+  if (thumb || preview) img.src = (thumb || preview).href;
+  const props = item.properties || {};
+  const rows = [["date", itemDate(item)], ["collection", item.collection], ["platform", props.platform],
+                ["cloud cover %", props["eo:cloud_cover"]], ["grid", props["grid:code"]]];
+  $("detail-props").replaceChildren(...rows.filter(([, v]) => v !== undefined && v !== null).flatMap(([k, v]) => {
+    const dt = document.createElement("dt"), dd = document.createElement("dd");
+    dt.textContent = k; dd.textContent = String(v);
+    return [dt, dd];
+  }));
+  const source = rasterSource(item);
+  if (source) {
+    map.addSource("item", source);
+    map.addLayer({ id: "item", type: "raster", source: "item", paint: { "raster-fade-duration": 0 } }, "footprints-fill");
+  } else {
+    report(`${id}: no render parameters, no tiles to draw`);
+  }
+  const bounds = boundsOf([item]);
+  if (bounds) map.fitBounds(bounds, { padding: 40, duration: 0 });
+}
+
+// ---------- monthly L3A syntheses ----------
+function setMonthLayers(target, prefix, month) {
+  const style = target.getStyle();
+  for (const layer of style.layers.filter((l) => l.id.startsWith(prefix))) target.removeLayer(layer.id);
+  for (const id of Object.keys(style.sources).filter((s) => s.startsWith(prefix))) target.removeSource(id);
+  const items = state.months.get(month) || [];
+  const before = target.getLayer("item") ? "item" : target.getLayer("footprints-fill") ? "footprints-fill" : undefined;
+  items.forEach((item, i) => {
+    const source = rasterSource(item);
+    if (!source) return;
+    target.addSource(`${prefix}${i}`, source);
+    target.addLayer({ id: `${prefix}${i}`, type: "raster", source: `${prefix}${i}`,
+                      paint: { "raster-fade-duration": 0 } }, before);
+  });
+  return items;
+}
+
+function showMonth() {
+  const items = setMonthLayers(map, "l3a-", $("month").value);
+  const bounds = boundsOf(items);
+  if (bounds && !state.selected) map.fitBounds(bounds, { padding: 40, maxZoom: 14, duration: 0 });
+  $("mosaic-status").textContent = $("month").value ? `${items.length} tile(s) in ${$("month").value}` : "";
+}
+
+function syncB() {
+  if (mapB) mapB.jumpTo({ center: map.getCenter(), zoom: map.getZoom(), bearing: map.getBearing(), pitch: map.getPitch() });
+}
+
+function placeSwipe() {
+  // the comparison map shows right of the handle: its left part is clipped away (CSSOM, allowed by the CSP)
+  $("map-b").style.clipPath = `inset(0 0 0 ${$("swipe").value}%)`;
+}
+
+async function compare() {
+  const on = $("compare").checked && $("month-b").value !== "";
+  $("map-b").hidden = !on;
+  $("swipe").hidden = !on;
+  if (!on) return;
+  if (!mapB) {
+    mapB = new MapLibre({ container: "map-b", style: BLANK_STYLE, interactive: false, attributionControl: false,
+                          center: map.getCenter(), zoom: map.getZoom() });
+    mapB.on("error", reportMapError);
+    map.on("move", syncB);
+    await new Promise((resolve) => mapB.on("load", resolve));
+  }
+  mapB.resize();
+  syncB();
+  placeSwipe();
+  setMonthLayers(mapB, "l3a-", $("month-b").value);
+}
+
+async function loadMonths() {
+  if (!state.collections.has(L3A)) {
+    $("mosaic-status").textContent = "no L3A collection in this catalog";
+    return;
+  }
+  let url = apiUrl("search"), body = { collections: [L3A], limit: 500 }, pages = 0;
+  while (url && pages < MAX_PAGES) {
+    const page = await getJson(url, { method: "POST", body: JSON.stringify(body),
+                                      headers: { "Content-Type": "application/json" } });
+    for (const item of page.features || []) {
+      const month = itemDate(item).slice(0, 7);
+      if (!state.months.has(month)) state.months.set(month, []);
+      state.months.get(month).push(item);
+    }
+    const next = (page.links || []).find((l) => l.rel === "next" && (l.method || "").toUpperCase() === "POST");
+    url = next ? next.href : null;
+    body = next && next.merge ? { ...body, ...(next.body || {}) } : (next && next.body);
+    pages += 1;
+  }
+  const months = [...state.months.keys()].sort().reverse();
+  for (const select of [$("month"), $("month-b")]) {
+    select.append(...months.map((m) => new Option(m, m)));
+  }
+  $("mosaic-status").textContent = months.length ? `${months.length} month(s) of L3A syntheses` : "no L3A synthesis yet";
+}
+
+// ---------- start ----------
+async function start() {
+  $("search").addEventListener("submit", search);
+  $("more").addEventListener("click", more);
+  $("month").addEventListener("change", () => mapReady.then(showMonth));
+  $("month-b").addEventListener("change", compare);
+  $("compare").addEventListener("change", compare);
+  $("swipe").addEventListener("input", placeSwipe);
+  try {
+    const { collections } = await getJson(apiUrl("collections"));
+    for (const c of collections) state.collections.set(c.id, c);
+    $("collection").append(...collections.filter((c) => !c.id.endsWith("-history"))
+      .map((c) => new Option(`${c.title || c.id} (${c.id})`, c.id)));
+    if (state.collections.has(DEFAULT_COLLECTION)) $("collection").value = DEFAULT_COLLECTION;
+    await loadMonths();
+    document.body.dataset.ready = "true";
+  } catch (error) {
+    report(`cannot read the catalog: ${error.message}`, true);
+  }
+}
+
+// For tests and the curious: the maps and the state, read-only by convention.
+window.landsurfViewer = { map, state, get mapB() { return mapB; } };
+start();

@@ -1,0 +1,299 @@
+"""The web viewer (/viewer) in real headless Chromium — Debian's `chromium`, driven by Playwright's Python package —
+against the session's real API and its six published L2A products of tile 31TCH.
+
+Every browser test fails on any console error, page error, failed request or HTTP error answer the page met: the
+strict Content-Security-Policy reports its violations there too.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path, PurePosixPath
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+from rasterio.io import MemoryFile
+
+from catalog.collections import S2_L2A, S2_L3A, STAC_VERSION
+from catalog.database import session
+from catalog.publish import publish_product
+from catalog.viewer import CSP, is_built
+
+VIEWPORT = {"width": 1280, "height": 800}
+TIMEOUT_MS = 20_000
+# Two monthly syntheses of tile 31TCH, each from three small L2As of its month (another landscape each: another seed)
+MONTHS = {"2024-03": 21, "2024-07": 22}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is missing: run .ci/system-deps.sh (it installs the `chromium` package)"
+    assert is_built(), "the viewer is not built (MapLibre GL missing from catalog/viewer/static/vendor): run `make viewer`"
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=executable)
+        yield launched
+        launched.close()
+
+
+class Viewer:
+    """One page of the viewer, with every problem it meets recorded."""
+
+    def __init__(self, page, url: str) -> None:
+        self.page = page
+        self.problems: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
+        page.on("response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"))
+        started = time.perf_counter()
+        page.goto(url)
+        page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+        self.ready_s = time.perf_counter() - started
+
+    def wait(self, predicate: str) -> None:
+        # a function, not a string body: Playwright evaluates those without eval, which the page's CSP forbids
+        self.page.wait_for_function(f"() => {predicate}", timeout=TIMEOUT_MS)
+
+    def entries(self) -> list[str]:
+        return self.page.eval_on_selector_all("#results li button", "bs => bs.map(b => b.dataset.id)")
+
+    def search(self, *, limit: int = 50, expect: int | None = None, **fields: str) -> None:
+        self.page.select_option("#collection", S2_L2A)
+        self.page.fill("#limit", str(limit))
+        for name in ("start", "end", "cloud", "tile"):
+            self.page.fill(f"#{name}", fields.get(name, ""))
+        self.page.click("#go")
+        self.wait("/ of \\d+ products/.test(document.getElementById('status').textContent)")
+        if expect is not None:
+            self.wait(f"document.querySelectorAll('#results li').length === {expect}")
+
+    def map_tiles_loaded(self, source: str) -> None:
+        self.wait(f"(m => m.getSource('{source}') && m.loaded() && m.areTilesLoaded())(window.landsurfViewer.map)")
+        self.page.wait_for_timeout(300)  # the frame that draws them
+
+    def map_pixels(self) -> np.ndarray:
+        with MemoryFile(self.page.locator("#map").screenshot()) as f, f.open() as png:
+            return png.read()[:3].astype(np.int16)
+
+
+@pytest.fixture
+def viewer(browser, api) -> Iterator[Viewer]:
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        yield Viewer(context.new_page(), api.url + "/viewer/")
+    finally:
+        context.close()
+
+
+def _post_search(api, body: dict) -> dict:
+    r = httpx.post(f"{api.url}/search", json=body, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_the_page_is_served_under_a_strict_policy_and_linked_from_the_landing_page(api):
+    r = httpx.get(f"{api.url}/viewer", timeout=10)
+    assert r.status_code == 307 and r.headers["location"].endswith("/viewer/")
+    page = httpx.get(f"{api.url}/viewer/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert policy == CSP and "script-src 'self'" in policy and "unsafe" not in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    html = page.text
+    assert not re.search(r"<script(?![^>]*\bsrc=)", html), "inline script"
+    assert " style=" not in html and "<style" not in html, "inline style"
+    assert "//" not in "".join(re.findall(r'(?:src|href)="([^"]*)"', html)), "a resource from another host"
+    module = httpx.get(f"{api.url}/viewer/vendor/maplibre-gl.mjs", timeout=10)
+    assert module.status_code == 200 and "javascript" in module.headers["content-type"]
+    assert module.headers["content-security-policy"] == CSP
+    assert httpx.get(f"{api.url}/viewer/../catalog/viewer/__init__.py", timeout=10).status_code == 404
+    assert httpx.post(f"{api.url}/viewer/", timeout=10).status_code == 401  # writes denied, as everywhere
+    links = httpx.get(f"{api.url}/", timeout=10).json()["links"]
+    to_viewer = [link for link in links if link["rel"] == "alternate" and link["type"] == "text/html"]
+    assert [link["href"] for link in to_viewer] == [f"{api.url}/viewer/"]
+
+
+def test_a_search_lists_and_draws_every_footprint_page_by_page(viewer, api, published_items):
+    matched = _post_search(api, {"collections": [S2_L2A], "limit": 1})["numberMatched"]
+    assert matched == len(published_items)
+    viewer.search(limit=4, expect=4)
+    assert viewer.page.is_visible("#more")
+    viewer.page.click("#more")  # the API's `next` link
+    viewer.wait(f"document.querySelectorAll('#results li').length === {matched}")
+    assert not viewer.page.is_visible("#more")
+    assert sorted(viewer.entries()) == sorted(i["id"] for i in published_items)
+    assert viewer.page.text_content("#status").startswith(f"{matched} of {matched} products")
+    drawn = viewer.page.evaluate(
+        "() => [...new Set(window.landsurfViewer.map.queryRenderedFeatures({layers: ['footprints-line']})"
+        ".map(f => f.properties.id))]")
+    assert sorted(drawn) == sorted(i["id"] for i in published_items)
+    assert viewer.problems == []
+
+
+def test_the_search_fields_filter_as_the_api_does(viewer, published_items):
+    covers = sorted(i["properties"]["eo:cloud_cover"] for i in published_items)
+    limit = covers[len(covers) // 2]
+    expected = sorted(i["id"] for i in published_items if i["properties"]["eo:cloud_cover"] <= limit)
+    assert 0 < len(expected) < len(published_items)
+    viewer.search(cloud=str(limit), expect=len(expected))
+    assert sorted(viewer.entries()) == expected
+
+    dates = sorted(i["properties"]["datetime"][:10] for i in published_items)
+    start, end = dates[1], dates[3]
+    expected = sorted(i["id"] for i in published_items if start <= i["properties"]["datetime"][:10] <= end)
+    viewer.search(start=start, end=end, tile="31TCH", expect=len(expected))
+    assert sorted(viewer.entries()) == expected and len(expected) == 3
+
+    viewer.search(tile="32ABC")
+    assert viewer.entries() == [] and viewer.page.text_content("#status").startswith("0 of 0")
+    assert viewer.problems == []
+
+
+def test_an_area_drawn_on_the_map_bounds_the_search(viewer, published_items):
+    viewer.search(expect=len(published_items))  # the map now fits the footprints, 40 px of margin around them
+    box = viewer.page.locator("#map").bounding_box()
+    mouse = viewer.page.mouse
+
+    def drag(x0: float, y0: float, x1: float, y1: float) -> None:
+        viewer.page.click("#draw")
+        mouse.move(box["x"] + x0, box["y"] + y0)
+        mouse.down()
+        mouse.move(box["x"] + x1, box["y"] + y1, steps=5)
+        mouse.up()
+
+    drag(4, 4, 30, 30)  # in the margin: outside every footprint
+    assert viewer.page.text_content("#area-text") != "no area"
+    viewer.search()
+    assert viewer.entries() == []
+    cx, cy = box["width"] / 2, box["height"] / 2
+    drag(cx - 40, cy - 40, cx + 40, cy + 40)  # the middle of the tile
+    viewer.search(expect=len(published_items))
+    viewer.page.click("#clear-area")
+    assert viewer.page.text_content("#area-text") == "no area"
+    assert viewer.problems == []
+
+
+def test_a_selected_product_shows_its_quicklook_and_its_tiles(viewer, published_items):
+    viewer.search(expect=len(published_items))
+    viewer.page.wait_for_timeout(300)
+    before = viewer.map_pixels()
+    clearest = min(published_items, key=lambda i: i["properties"]["eo:cloud_cover"])
+    tiles: list[int] = []
+    viewer.page.on("response", lambda r: "/tiles/WebMercatorQuad/" in r.url and tiles.append(r.status))
+    started = time.perf_counter()
+    viewer.page.click(f"#results button[data-id='{clearest['id']}']")
+    viewer.map_tiles_loaded("item")
+    painted_s = time.perf_counter() - started
+    viewer.wait("document.getElementById('thumb').complete && document.getElementById('thumb').naturalWidth > 0")
+    assert viewer.page.text_content("#detail-title") == clearest["id"]
+    after = viewer.map_pixels()
+
+    assert tiles and set(tiles) == {200}, tiles
+    changed = np.abs(after - before).max(axis=0) > 24
+    assert changed.mean() > 0.2, f"only {changed.mean():.1%} of the map changed"
+    h, w = after.shape[1:]
+    middle = after[:, h // 3: 2 * h // 3, w // 3: 2 * w // 3]
+    assert middle.std() > 10, "the tiles are flat"
+    print(f"viewer: page ready {viewer.ready_s:.2f} s, selected product painted {painted_s:.2f} s "
+          f"after the click ({len(tiles)} tiles)")
+    assert viewer.problems == []
+
+
+def _l3a_item(product, relative_dir: PurePosixPath) -> dict:
+    """The item of a synthesis, as small as the catalog and the viewer need: footprint, date, tile, renders, assets
+    at their store paths with checksums."""
+    from rasterio.warp import transform_bounds
+
+    from processing.colormaps import renders
+
+    with rasterio.open(product.files["FRC_B4"].path) as ds:
+        w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+    return {
+        "type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": [], "id": product.product_id,
+        "collection": S2_L3A, "bbox": [w, s, e, n],
+        "geometry": {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]},
+        "properties": {"datetime": f"{product.date.isoformat()}T00:00:00Z", "grid:code": f"MGRS-{product.tile}",
+                       "platform": "sentinel-2x", "eo:cloud_cover": product.cloud_percent,
+                       "version": product.version, "renders": renders("l3a")},
+        "assets": {key: {"href": f"{relative_dir}/{f.path.name}", "type": f.media_type, "roles": ["data"],
+                         "file:checksum": f.checksum} for key, f in product.files.items()},
+        "links": [],
+    }
+
+
+@pytest.fixture(scope="module")
+def l3a_months(catalog_settings, api, tmp_path_factory) -> Iterator[dict[str, dict]]:
+    """MONTHS synthesised by the real L3A code from generated L2As and published in the session's catalog; taken
+    out again at the end, so that the other tests' catalog is what it was."""
+    from ingest.cog import write_cogs
+    from ingest.generate import iter_series
+    from ingest.muscate import read_l2a
+    from ingest.settings import IngestSettings
+    from processing.l3a import L3AParams, l3a_input, synthesis_date, synthesize
+
+    root = tmp_path_factory.mktemp("l3a-viewer")
+    params = L3AParams.load()
+    items: dict[str, dict] = {}
+    for month, seed in MONTHS.items():
+        year, number = (int(v) for v in month.split("-"))
+        inputs = []
+        for made in iter_series(root / month, "31TCH", date(year, number, 10), date(year, number, 20), 5,
+                                seed=seed, size=256, as_zip=False):
+            cogs = write_cogs(read_l2a(Path(made.path)), root / "cogs" / made.product_id, threads="1")
+            inputs.append(l3a_input(made.product_id, {k: f.path for k, f in cogs.files.items()}))
+        staging = IngestSettings.staging_dir(catalog_settings) / f"viewer-{uuid.uuid4().hex[:12]}"
+        staging.mkdir(parents=True)
+        product = synthesize(inputs, synthesis_date(year, number), params, staging, scheduler="inline")
+        relative = PurePosixPath(S2_L3A, product.tile, f"{year}", f"{number:02d}", product.product_id)
+        item = _l3a_item(product, relative)
+        assert publish_product(catalog_settings, item, product.folder, relative).outcome == "published"
+        shutil.rmtree(staging, ignore_errors=True)
+        items[month] = item
+    yield items
+    with session(catalog_settings, "admin") as conn:
+        for item in items.values():
+            conn.execute("SELECT pgstac.delete_item(%s, %s)", (item["id"], S2_L3A))
+
+
+def _pick_month(viewer: Viewer, month: str, selector: str = "#month") -> np.ndarray:
+    viewer.page.select_option(selector, month)
+    target = "window.landsurfViewer.map" if selector == "#month" else "window.landsurfViewer.mapB"
+    viewer.wait(f"(m => m && m.getSource('l3a-0') && m.loaded() && m.areTilesLoaded())({target})")
+    viewer.page.wait_for_timeout(300)
+    return viewer.map_pixels()
+
+
+def test_the_month_selector_draws_each_month_and_the_swipe_shows_two(viewer, browser, api, l3a_months):
+    viewer = Viewer(viewer.page, api.url + "/viewer/")  # reloaded: the months are read when the page starts
+    offered = viewer.page.eval_on_selector_all("#month option", "os => os.map(o => o.value).filter(Boolean)")
+    assert offered == sorted(MONTHS, reverse=True)
+    march = _pick_month(viewer, "2024-03")
+    july = _pick_month(viewer, "2024-07")
+    h, w = march.shape[1:]
+    for picture in (march, july):
+        assert picture[:, h // 3: 2 * h // 3, w // 3: 2 * w // 3].std() > 10, "a month drawn flat"
+    differs = np.abs(march - july).max(axis=0) > 24
+    assert differs.mean() > 0.2, f"switching months changed only {differs.mean():.1%} of the map"
+
+    viewer.page.check("#compare")
+    both = _pick_month(viewer, "2024-03", "#month-b")  # July left of the handle (50 %), March right of it
+    left, right = slice(w // 8, w // 2 - w // 16), slice(w // 2 + w // 16, w - w // 8)
+    rows = slice(h // 4, 3 * h // 4)
+
+    def close(a: np.ndarray, b: np.ndarray) -> float:
+        return float((np.abs(a - b).max(axis=0) <= 24).mean())
+
+    assert close(both[:, rows, left], july[:, rows, left]) > 0.9
+    assert close(both[:, rows, right], march[:, rows, right]) > 0.9
+    assert close(both[:, rows, right], july[:, rows, right]) < 0.8, "the right side is not another month"
+    assert viewer.problems == []

@@ -140,8 +140,9 @@ def l3a_item_assets() -> dict[str, dict]:
 
 def snow_item_assets() -> dict[str, dict]:
     return {
-        "SNW_R2": _mask_asset("Snow: 0 no snow, 100 snow, 205 cloud, 255 no-data", "R2", ["data", "snow"],
-                              nodata=255),
+        # Theia V1 codes, as processing/snow.py writes them: no-data is 254 (LIS ≥ 1.7 would use 255)
+        "SNW_R2": _mask_asset("Snow: 0 no snow, 100 snow, 205 cloud, 254 no-data", "R2", ["data", "snow"],
+                              nodata=254),
         "thumbnail": THUMBNAIL,
         "metadata": {**METADATA, "title": "Snow product metadata"},
     }

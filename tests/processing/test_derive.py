@@ -116,6 +116,10 @@ def test_a_season_dropped_in_the_inbox_ends_in_snow_maps_and_l3as_with_lineage(b
         assert set(snow["assets"]) == {"SNW_R2", "metadata", "thumbnail"}
         assert snow["properties"]["renders"]["snow"]["colormap_name"] == "landsurf_snow"
     assert any(s["properties"]["eo:snow_cover"] > 0 for s in snows), "a winter in the Pyrenees has snow"
+    import rasterio
+
+    with rasterio.open(settings.store_dir / snows[0]["assets"]["SNW_R2"]["href"]) as ds:  # the item says the truth
+        assert snows[0]["assets"]["SNW_R2"]["raster:bands"][0]["nodata"] == ds.nodata == 254
     l3as = {i["properties"]["datetime"][:10]: i for i in _items(settings, S2_L3A)}
     assert set(l3as) == {"2024-01-15", "2024-02-15"}, "January and February complete; March still open"
     feb = l3as["2024-02-15"]
@@ -278,18 +282,36 @@ def test_request_keys_are_the_product_ids_without_version():
                                                                             tzinfo=timezone.utc)
 
 
+def test_the_worker_tick_makes_an_l3a_whose_deadline_passed_once(box, season):
+    """March's window (21 Feb – 7 Apr) has no later L2A: its L3A waits for the deadline, then is made once."""
+    from processing.plan import tick
+    from processing.queue import create_queue, run_worker
+
+    settings, ingest, _ = box
+    assert tick(settings, today=date(2024, 4, 10)) == [], "window end + 10 days not reached"
+    jobs = tick(settings, today=date(2024, 4, 30))
+    assert len(jobs) == 1
+    run_worker(create_queue(settings, ingest), once=True)
+    march = [i for i in _items(settings, S2_L3A) if i["properties"]["datetime"].startswith("2024-03-15")]
+    assert len(march) == 1 and march[0]["id"] == "SENTINEL2X_20240315-000000-000_L3A_T31TCH_C_V1-0"
+    assert len(_derived_from(march[0])) == 3  # 26 Feb, 5 and 13 March
+    assert tick(settings, today=date(2024, 4, 30)) == [], "made: nothing more to plan"
+
+
 def test_the_cli_makes_a_product_with_a_progress_bar_and_registers_a_dem(box, season):
     from tests.conftest import env_for, run_cli
 
     settings, _, _ = box
     made, dem = season
     env = env_for(settings)
-    done = run_cli("process", "l3a", "--tile", "31TCH", "--month", "2024-03", env=env, timeout=300)
+    done = run_cli("process", "scd", "--tile", "31TCH", "--year", "2023", env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "L3A of T31TCH 2024-03: published SENTINEL2X_20240315-000000-000_L3A_T31TCH_C_V1-0" in done.stdout
-    march = [i for i in _items(settings, S2_L3A) if i["properties"]["datetime"].startswith("2024-03-15")]
-    assert len(march) == 1 and len(_derived_from(march[0])) == 3  # 26 Feb, 5 and 13 March
+    assert "SCD of T31TCH 2023-09-01 – 2024-08-31: published LIS_S2-SNOW_T31TCH_20230901_20240831_V1-0" in done.stdout
+    year = [i for i in _items(settings, S2_SCD) if i["properties"]["datetime"].startswith("2023-09-01")]
+    assert len(year) == 1 and len(_derived_from(year[0])) == len(DATES)
+    same = run_cli("process", "l3a", "--tile", "31TCH", "--month", "2024-01", env=env)
+    assert same.returncode == 0 and "(already made from these inputs and parameters)" in same.stdout, same.stderr
     again = run_cli("process", "snow", "SENTINEL2A_20240101-104000-000_L2A_T31TCH_C_V1-0", env=env)
     assert again.returncode == 6 and "no current L2A of T31TCH acquired 2024-01-01" in again.stderr
-    same = run_cli("dem", "add", "31TCH", str(made[0].dem_path), env=env)
-    assert same.returncode == 0 and same.stdout.startswith(f"duplicate {dem.item_id}"), same.stderr
+    dup = run_cli("dem", "add", "31TCH", str(made[0].dem_path), env=env)
+    assert dup.returncode == 0 and dup.stdout.startswith(f"duplicate {dem.item_id}"), dup.stderr

@@ -1,6 +1,11 @@
 """The job queue: procrastinate on the catalog's own PostgreSQL, the workers that drain it, and the sweep that
 makes sure no delivery is ever stranded.
 
+Two queues: `ingest` (task `ingest.delivery`, one job per receipt) and `derive` (task `processing.derive`, one job
+per derived product: its request key is the job's queueing lock and lock, and its priority is below ingest's;
+see processing/derive.py). Every worker drains both; long-running workers also run the planning tick of derived
+products in their sweep (processing/plan.py).
+
 - Durable jobs survive restarts; a job is retried with exponential backoff on system faults
   (`TransientIngestError`); the job lock (the delivery's checksum) keeps two workers, on one machine or many,
   from processing the same bytes at once, and the pipeline's receipt check makes a second run of a finished

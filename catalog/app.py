@@ -35,7 +35,7 @@ from starlette.middleware import Middleware
 from catalog import __version__
 from catalog.auth import WriteGuard, require_role, role_of
 from catalog.database import resolve_urls
-from catalog.download import DownloadFastPath, add_download_route
+from catalog.download import DownloadFastPath, Downloads, add_download_routes
 from catalog.errors import DatabaseUnavailable, LandsurfError, SchemaMismatch
 from catalog.limits import RenderSlots, RequestLimits
 from catalog.logging import get_logger
@@ -48,6 +48,7 @@ from catalog.stac import LandsurfClient
 from catalog.transactions import landsurf_extensions
 from catalog.store import DOWNLOAD_PREFIX, AssetStore
 from catalog.tiles import MountedRootPath, create_tiler_app
+from catalog.users import TokenCache, add_user_routes
 from catalog.viewer import is_built as viewer_built, viewer_mount
 
 log = get_logger(__name__)
@@ -264,7 +265,9 @@ def create_app(settings: CatalogSettings | None = None, routers: Sequence[APIRou
     app.routes.append(viewer_mount("/viewer"))  # static files, GET/HEAD only
     if not viewer_built():
         log.warning("web viewer not built: /viewer has no map library", fix="run `make viewer`")
-    download_route = add_download_route(app, store, settings.accel_redirect)
+    downloads = Downloads(store, settings, TokenCache(ttl=settings.token_cache_s), metrics.registry)
+    download_routes = add_download_routes(app, downloads)
+    add_user_routes(app, downloads.tokens, settings.pool_timeout_s)
     operator = Depends(require_role("operator"))
 
     @app.get("/health", tags=["Health"])
@@ -326,7 +329,7 @@ def create_app(settings: CatalogSettings | None = None, routers: Sequence[APIRou
     app.add_middleware(RenderSlots, slots=settings.max_concurrent_renders, wait_s=settings.render_queue_s)
     app.add_middleware(RequestLimits, settings=settings)
     app.add_middleware(WriteGuard, verify=verify)
-    app.add_middleware(DownloadFastPath, store=store, route=download_route, accel_redirect=settings.accel_redirect)
+    app.add_middleware(DownloadFastPath, downloads=downloads, routes=download_routes)
     app.add_middleware(metrics.middleware)
     app.add_middleware(PublicUrl, settings=settings)
     app.add_middleware(ErrorShield)

@@ -8,8 +8,10 @@ Tokens are created by an operator, stored hashed, and carry a role:
 
 `WriteGuard` sits in front of the whole application, the mounted tiler included: any request whose
 method is not GET, HEAD or OPTIONS needs an admin token unless its route is on `PUBLIC_WRITES`, one
-explicit list of reads that carry a body. A route added later is therefore protected without anyone
-remembering to protect it.
+explicit list of reads that carry a body (and the refresh of a user token, which its own token
+authenticates). A route added later is therefore protected without anyone remembering to protect it.
+
+Download users and their expiring tokens are in `catalog.users`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def _route(pattern: str) -> re.Pattern[str]:
 _IMAGE = r"(/(\d+)x(\d+))?(\.[a-z0-9]+)?"
 PUBLIC_WRITES: tuple[PublicWrite, ...] = (
     PublicWrite("POST", _route("/search"), "item search with a JSON body (STAC API): a read"),
+    PublicWrite("POST", _route("/auth/refresh"),
+                "a user token exchanged for a new one by its holder: authenticated by that token (catalog/users.py)"),
     PublicWrite("POST", re.compile(r"^/raster/collections/[^/]+/items/[^/]+/statistics$"),
                 "statistics of an item inside a posted GeoJSON feature: a read"),
     PublicWrite("POST", re.compile(r"^/raster/collections/[^/]+/items/[^/]+/feature" + _IMAGE + "$"),

@@ -92,6 +92,16 @@ class HttpSettings(BaseSettings):
         None, description="Path prefix of an nginx `internal` location aliasing the store (/landsurf-store/): "
                           "downloads asked through a trusted proxy are answered with X-Accel-Redirect.")
     api_hydrate: bool = Field(True, description="Merge items with their collection base in Python, not in SQL.")
+    # downloads (docs/operations.md, "Downloads" and "Users and tokens")
+    downloads_require_token: bool = Field(
+        False, description="Downloads (files, bundles) need a user token, or an admin/operator one; search and "
+                           "tiles stay public.")
+    download_rate: float = Field(50.0, gt=0, description="Download requests per second per user and process.")
+    download_burst: int = Field(200, ge=1, description="Download requests a user may send at once before the rate "
+                                                       "applies.")
+    download_concurrency: int = Field(8, ge=1, description="Downloads in flight per user and process.")
+    token_cache_s: float = Field(10.0, ge=0, description="How long a process trusts a token it looked up: a revoked "
+                                                         "token stops within this time.")
 
     # every size-like input is bounded (docs/operations.md, "Limits")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body.")

@@ -26,6 +26,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 catalog_app = typer.Typer(help="The catalog's items as a whole.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+users_app = typer.Typer(help="Users who download, and their expiring tokens.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
@@ -402,6 +404,95 @@ def token_revoke(name: str) -> None:
 
     with session(_settings(), "admin") as conn:
         out.print(f"{revoke_token(conn, name)} token(s) revoked")
+
+
+@users_app.command("add")
+def users_add(name: str = typer.Argument(..., help="The user's name (letters, digits, . _ @ + -).")) -> None:
+    """Create a download user (then give them a token with `landsurf users token NAME`)."""
+    from catalog.database import session
+    from catalog.users import add_user
+
+    with session(_settings(), "admin") as conn:
+        add_user(conn, name)
+    out.print(f"user {name} added; give them a token with `landsurf users token {name}`")
+
+
+@users_app.command("token")
+def users_token(name: str = typer.Argument(..., help="The user's name."),
+                days: float = typer.Option(30.0, help="Lifetime; the holder may refresh it in its second half "
+                                                      "(`POST /auth/refresh`, done by `landsurf download`).")) -> None:
+    """Print a new token of the user, once (only its hash is stored)."""
+    from catalog.database import session
+    from catalog.users import issue_token
+
+    with session(_settings(), "admin") as conn:
+        token, expires = issue_token(conn, name, days)
+    print(token)
+    err.print(f"expires {expires:%Y-%m-%d %H:%M:%S %Z}; refreshable from half its life", highlight=False)
+
+
+@users_app.command("revoke")
+def users_revoke(name: str = typer.Argument(..., help="The user's name.")) -> None:
+    """Revoke the user and every token it holds (each API process stops accepting them within
+    LANDSURF_TOKEN_CACHE_S seconds)."""
+    from catalog.database import session
+    from catalog.users import revoke_user
+
+    with session(_settings(), "admin") as conn:
+        out.print(f"user {name} revoked ({revoke_user(conn, name)} live token(s))")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Users, whether revoked, their live tokens and the latest expiry."""
+    from catalog.database import session
+    from catalog.users import list_users
+
+    with session(_settings(), "admin") as conn:
+        for u in list_users(conn):
+            state = f"revoked {u['revoked']:%Y-%m-%d}" if u["revoked"] else "active"
+            last = f", last expiry {u['last_expiry']:%Y-%m-%d %H:%M}" if u["last_expiry"] else ""
+            out.print(f"{u['name']}: {state}, {u['live_tokens']} live token(s){last}", highlight=False)
+
+
+@app.command("download")
+def download(
+    out_dir: str = typer.Option(..., "--out", help="Where products go: OUT/<collection>/<item>/<files>."),
+    api: str = typer.Option("http://127.0.0.1:8000", envvar="LANDSURF_API", help="The STAC API's root URL."),
+    collection: list[str] = typer.Option([], "--collection", help="Collection id (repeatable)."),
+    tile: list[str] = typer.Option([], "--tile", help="MGRS tile, e.g. 31TCH (repeatable; grid:code MGRS-…)."),
+    bbox: Optional[str] = typer.Option(None, help="west,south,east,north in degrees."),
+    datetime_: Optional[str] = typer.Option(None, "--datetime", help="An RFC 3339 instant or interval (a/b, ../b)."),
+    max_cloud: Optional[float] = typer.Option(None, "--max-cloud", min=0, max=100, help="Largest eo:cloud_cover."),
+    ids: list[str] = typer.Option([], "--id", help="Item id (repeatable)."),
+    asset: list[str] = typer.Option([], "--asset", help="Only these asset keys (repeatable; default: all)."),
+    token: Optional[str] = typer.Option(None, envvar="LANDSURF_TOKEN", help="Bearer token (sent to the API's host "
+                                                                            "only)."),
+    token_file: Optional[str] = typer.Option(None, help="A file holding the token; rewritten when it is refreshed."),
+    token_command: Optional[str] = typer.Option(None, help="A command printing a fresh token, run again on a 401 "
+                                                           "(for APIs with their own token service)."),
+    parallel: int = typer.Option(4, min=1, max=64, help="Files downloaded at once."),
+    retries: int = typer.Option(5, min=0, max=50, help="Attempts per file after the first, with backoff."),
+    verify_existing: bool = typer.Option(False, "--verify-existing", help="Hash every complete file again, even "
+                                                                          "those the manifest vouches for."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Stop after this many products (default: every match)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Download every product a search finds, resumably: parallel, Range-resumed `.part` files, `file:checksum`
+    verified, complete files skipped, a manifest (OUT/manifest.jsonl). Exits 1 when anything failed."""
+    from pathlib import Path
+
+    from processing.download_client import DownloadOptions, Query, TokenSource, run
+
+    query = Query(collections=collection, tiles=tile, bbox=bbox, datetime=datetime_, max_cloud=max_cloud, ids=ids,
+                  limit=limit)
+    options = DownloadOptions(parallel=parallel, retries=retries, assets=asset, verify_existing=verify_existing,
+                              progress=not quiet)
+    auth = TokenSource(token=token, token_file=Path(token_file) if token_file else None, command=token_command)
+    report = run(api, query, Path(out_dir), options, auth, console=err)
+    out.print(report.summary(), highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @app.command("generate")

@@ -315,3 +315,39 @@ def test_the_cli_makes_a_product_with_a_progress_bar_and_registers_a_dem(box, se
     assert again.returncode == 6 and "no current L2A of T31TCH acquired 2024-01-01" in again.stderr
     dup = run_cli("dem", "add", "31TCH", str(made[0].dem_path), env=env)
     assert dup.returncode == 0 and dup.stdout.startswith(f"duplicate {dem.item_id}"), dup.stderr
+
+
+def test_a_replaced_dem_cascades_to_the_snow_maps_made_with_it_and_their_scds(box, season, tmp_path):
+    import numpy as np
+    import rasterio
+
+    from processing.dem import register_dem
+    from processing.plan import on_dem_published
+    from processing.queue import create_queue, run_worker
+
+    settings, ingest, _ = box
+    made, old = season
+    with rasterio.open(made[0].dem_path) as ds:
+        heights, profile = ds.read(1), ds.profile
+    higher = tmp_path / "T31TCH_ALT_R2_v2.tif"
+    with rasterio.open(higher, "w", **profile) as ds:
+        ds.write(np.where(heights == -32768, heights, heights + 50).astype(np.int16), 1)
+    before = {s["id"]: s["properties"]["version"] for s in _items(settings, S2_SNOW)}
+    scds = {s["id"]: s["properties"]["version"] for s in _items(settings, S2_SCD)}
+    new = register_dem(settings, TILE, higher)
+    assert new.outcome == "published" and new.superseded == old.item_id
+    assert len(on_dem_published(settings, TILE, new.superseded)) == len(DATES)
+    run_worker(create_queue(settings, ingest), once=True)
+    after = _items(settings, S2_SNOW)
+    assert len(after) == len(DATES), "one current snow map per date"
+    new_link = api_path("collections", "dem", "items", new.item_id)
+    for snow in after:
+        assert new_link in _derived_from(snow)
+        previous = next(v for i, v in before.items() if i.rsplit("_V", 1)[0] == snow["id"].rsplit("_V", 1)[0])
+        major, minor = previous.split(".")
+        assert snow["properties"]["version"] == f"{major}.{int(minor) + 1}"
+    now = {s["id"].rsplit("_V", 1)[0]: s["properties"]["version"] for s in _items(settings, S2_SCD)}
+    assert len(now) == len(scds) and all(now[i.rsplit("_V", 1)[0]] > v for i, v in scds.items()), (now, scds)
+    with session(settings) as conn:
+        assert conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+                            ).fetchone()[0] == 0

@@ -133,10 +133,10 @@ def test_a_search_lists_and_draws_every_footprint_page_by_page(viewer, api, publ
     assert not viewer.page.is_visible("#more")
     assert sorted(viewer.entries()) == sorted(i["id"] for i in published_items)
     assert viewer.page.text_content("#status").startswith(f"{matched} of {matched} products")
-    drawn = viewer.page.evaluate(
-        "() => [...new Set(window.landsurfViewer.map.queryRenderedFeatures({layers: ['footprints-line']})"
-        ".map(f => f.properties.id))]")
-    assert sorted(drawn) == sorted(i["id"] for i in published_items)
+    drawn = ("[...new Set(window.landsurfViewer.map.queryRenderedFeatures({layers: ['footprints-line']})"
+             ".map(f => f.properties.id))]")
+    viewer.wait(f"{drawn}.length === {matched}")  # the GeoJSON source is tiled in a worker, then drawn
+    assert sorted(viewer.page.evaluate(f"() => {drawn}")) == sorted(i["id"] for i in published_items)
     assert viewer.problems == []
 
 
@@ -206,6 +206,27 @@ def test_a_selected_product_shows_its_quicklook_and_its_tiles(viewer, published_
     assert middle.std() > 10, "the tiles are flat"
     print(f"viewer: page ready {viewer.ready_s:.2f} s, selected product painted {painted_s:.2f} s "
           f"after the click ({len(tiles)} tiles)")
+    assert viewer.problems == []
+
+
+def test_the_time_slider_steps_through_the_tiles_products_in_date_order(viewer, published_items):
+    viewer.search(tile="31TCH", expect=len(published_items))
+    in_order = sorted(published_items, key=lambda i: i["properties"]["datetime"])
+    viewer.page.click(f"#results button[data-id='{in_order[0]['id']}']")
+    viewer.map_tiles_loaded("item")
+    assert viewer.page.is_visible("#time")
+    view = viewer.page.evaluate("() => window.landsurfViewer.map.getCenter().toArray()")
+    pictures = {}
+    for at in (0, len(in_order) - 1):
+        viewer.page.locator("#time").evaluate(
+            "(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input')); }", at)
+        viewer.wait(f"document.getElementById('detail-title').textContent === '{in_order[at]['id']}'")
+        viewer.map_tiles_loaded("item")
+        assert viewer.page.text_content("#time-text").startswith(in_order[at]["properties"]["datetime"][:10])
+        pictures[at] = viewer.map_pixels()
+    assert viewer.page.evaluate("() => window.landsurfViewer.map.getCenter().toArray()") == view  # time moved only
+    differs = np.abs(pictures[0] - pictures[len(in_order) - 1]).max(axis=0) > 24
+    assert differs.mean() > 0.05, f"first and last dates differ on {differs.mean():.1%} of the map"
     assert viewer.problems == []
 
 

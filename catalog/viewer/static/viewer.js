@@ -235,6 +235,7 @@ async function runPage(url, body) {
     await mapReady;
     map.getSource("footprints").setData(footprints());
     $("more").hidden = !state.next;
+    updateTimeline();
     const of = state.matched === null || state.matched === undefined ? "" : ` of ${state.matched}`;
     report(`${state.items.size}${of} products${state.next ? "" : " (all shown)"}`);
     return fresh;
@@ -253,6 +254,7 @@ async function search(event) {
   $("results").replaceChildren();
   $("more").hidden = true;
   unselect();
+  updateTimeline();
   report("searching…");
   try {
     await runPage(apiUrl("search"), state.body);
@@ -280,6 +282,25 @@ async function more() {
   }
 }
 
+// ---------- time slider: the loaded products in date order ----------
+function byDate() {
+  return [...state.items.values()].sort((a, b) => itemDate(a).localeCompare(itemDate(b)) || a.id.localeCompare(b.id));
+}
+
+function updateTimeline() {
+  const items = byDate();
+  $("timeline").hidden = items.length < 2;
+  $("time").max = String(Math.max(0, items.length - 1));
+  const at = state.selected ? items.findIndex((i) => i.id === state.selected) : -1;
+  if (at >= 0) $("time").value = String(at);
+  $("time-text").textContent = at >= 0 ? `${itemDate(items[at]).slice(0, 10)} (${at + 1}/${items.length})` : "";
+}
+
+function step() {
+  const item = byDate()[Number($("time").value)];
+  if (item && item.id !== state.selected) select(item.id, { fit: false });  // the view stays: only time moves
+}
+
 // ---------- selection ----------
 function unselect() {
   state.selected = null;
@@ -292,7 +313,7 @@ function unselect() {
   }
 }
 
-function select(id) {
+function select(id, { fit = true } = {}) {
   const item = state.items.get(id);
   if (!item) return;
   unselect();
@@ -322,8 +343,9 @@ function select(id) {
   } else {
     report(`${id}: no render parameters, no tiles to draw`);
   }
+  updateTimeline();
   const bounds = boundsOf([item]);
-  if (bounds) map.fitBounds(bounds, { padding: 40, duration: 0 });
+  if (bounds && fit) map.fitBounds(bounds, { padding: 40, duration: 0 });
 }
 
 // ---------- monthly L3A syntheses ----------
@@ -411,6 +433,7 @@ async function start() {
   $("month-b").addEventListener("change", compare);
   $("compare").addEventListener("change", compare);
   $("swipe").addEventListener("input", placeSwipe);
+  $("time").addEventListener("input", step);
   try {
     const { collections } = await getJson(apiUrl("collections"));
     for (const c of collections) state.collections.set(c.id, c);

@@ -304,6 +304,15 @@ def record(settings: CatalogSettings, job_id: int | None, req: DerivedRequest | 
              requested_by, cause, status, item_id, collection, reason))
 
 
+def _record_quietly(settings: CatalogSettings, job_id: int | None, req: DerivedRequest, status: str,
+                   reason: str | None, item_id: str | None = None, collection: str | None = None) -> None:
+    """`record`, when the database answers: a status left behind is corrected by `request_status` from the queue."""
+    try:
+        record(settings, job_id, req, status=status, item_id=item_id, collection=collection, reason=reason)
+    except DatabaseError as exc:
+        log.warning("job status not recorded", job=job_id, status=status, error=str(exc)[:300])
+
+
 # ------------------------------------------------------------------------------------------------ running
 
 
@@ -323,10 +332,10 @@ def run_request(settings: CatalogSettings, req: DerivedRequest, *, job_id: int |
     from processing import publish_derived as pd
 
     req = req.validate()
-    record(settings, job_id, req, status="running")
     staging = IngestSettings.staging_dir(settings) / f"derive-{uuid.uuid4().hex[:16]}"
     try:
         try:
+            record(settings, job_id, req, status="running")
             inputs = pd.resolve_inputs(settings, req)
             signature = inputs_hash(inputs.ids, inputs.params_hash)
             current = current_product(settings, req)
@@ -341,25 +350,28 @@ def run_request(settings: CatalogSettings, req: DerivedRequest, *, job_id: int |
         except (DatabaseError, OSError) as exc:
             raise TransientDeriveError(f"{req.describe()}: {exc}", "the job is retried with backoff") from exc
     except TransientDeriveError as exc:
-        record(settings, job_id, req, status="queued", reason=f"retrying after: {exc.problem}")
+        _record_quietly(settings, job_id, req, "queued", f"retrying after: {exc.problem}")
         raise
     except LandsurfError as exc:
-        record(settings, job_id, req, status="failed", reason=str(exc))
+        _record_quietly(settings, job_id, req, "failed", str(exc))
         raise
     except Exception as exc:  # noqa: BLE001 - recorded, then re-raised for the queue
-        record(settings, job_id, req, status="failed", reason=f"unexpected error ({type(exc).__name__}): {exc}")
+        _record_quietly(settings, job_id, req, "failed", f"unexpected error ({type(exc).__name__}): {exc}")
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     reason = f"supersedes {published.superseded}" if published.superseded else None
     if published.outcome == "duplicate":
         reason = published.reason
-    record(settings, job_id, req, status="published", item_id=published.item_id, collection=published.collection,
-           reason=reason)
     log.info("derived product published", product=published.item_id, collection=published.collection,
              outcome=published.outcome, superseded=published.superseded)
+    # published: nothing after this point may fail the job (a re-run would find the product made and stop)
+    _record_quietly(settings, job_id, req, "published", reason, published.item_id, published.collection)
     if plan and published.outcome == "published":
         from processing.plan import after_derived
 
-        after_derived(settings, req, published.item_id)
+        try:
+            after_derived(settings, req, published.item_id)
+        except Exception as exc:  # noqa: BLE001 - planning catches up (asking for the SCD again re-runs it)
+            log.warning("planning after a derived product failed", product=published.item_id, error=str(exc)[:300])
     return RequestOutcome("published", job_id, published.item_id, published.collection, reason)

@@ -55,15 +55,16 @@ def queue_requests(settings: CatalogSettings, requests: Iterable[DerivedRequest]
     return jobs
 
 
-def dependants(settings: CatalogSettings, collection: str, item_id: str) -> list[DerivedRequest]:
-    """The requests of every current derived product with a `derived_from` link to an item."""
-    link = [{"rel": "derived_from", "href": api_path("collections", collection, "items", item_id)}]
+def dependants(settings: CatalogSettings, collection: str, item_id: str, tile: str) -> list[DerivedRequest]:
+    """The requests of every current derived product of `tile` with a `derived_from` link to an item."""
     import json
 
+    link = [{"rel": "derived_from", "href": api_path("collections", collection, "items", item_id)}]
     with session(settings, "ingest") as conn:
         rows = conn.execute(
             "SELECT content->'properties'->'landsurf:request' FROM pgstac.items WHERE collection = ANY(%s) "
-            "AND content->'links' @> %s::jsonb", (list(DERIVED), json.dumps(link))).fetchall()
+            "AND content->'properties'->>'grid:code' = %s AND content->'links' @> %s::jsonb",
+            (list(DERIVED), f"MGRS-{tile}", json.dumps(link))).fetchall()
     out = []
     for (args,) in rows:
         try:
@@ -123,7 +124,7 @@ def on_l2a_published(settings: CatalogSettings, outcome) -> list[int]:
     superseded = (outcome.reason or "").removeprefix("supersedes ") if (outcome.reason or "").startswith(
         "supersedes ") else None
     if superseded:
-        requests += dependants(settings, S2_L2A, superseded)
+        requests += dependants(settings, S2_L2A, superseded, tile)
     requests += l3a_requests(settings, tile, when.date())
     return queue_requests(settings, requests, f"L2A {outcome.product_id} published")
 
@@ -133,7 +134,10 @@ def on_dem_published(settings: CatalogSettings, tile: str, superseded: str | Non
     until asked: a pass-1-only map is not wrong, it is the documented mode)."""
     if not superseded or not _enabled():
         return []
-    return queue_requests(settings, dependants(settings, DEM, superseded), f"DEM of T{tile} replaced")
+    from processing.derive import normalise_tile
+
+    tile = normalise_tile(tile)
+    return queue_requests(settings, dependants(settings, DEM, superseded, tile), f"DEM of T{tile} replaced")
 
 
 def after_derived(settings: CatalogSettings, req: DerivedRequest, item_id: str) -> list[int]:
@@ -181,9 +185,34 @@ def _attempted(settings: CatalogSettings, keys: list[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
+STAGING_MAX_AGE_S = 24 * 3600  # far longer than any derived product takes
+
+
+def _clean_staging(settings: CatalogSettings) -> list[str]:
+    """Staging directories of derived products left by killed jobs (`.staging/derive-*`, untouched for a day)."""
+    import shutil
+    import time
+
+    from ingest.settings import IngestSettings
+
+    root = IngestSettings.staging_dir(settings)
+    removed = []
+    try:
+        for entry in root.glob("derive-*"):
+            if time.time() - entry.stat().st_mtime > STAGING_MAX_AGE_S:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+    except OSError as exc:
+        log.warning("staging of derived products not cleaned", error=str(exc))
+    if removed:
+        log.info("staging of killed derived-product jobs removed", directories=removed)
+    return removed
+
+
 def tick(settings: CatalogSettings, today: date | None = None) -> list[int]:
     """The worker's periodic planning: late L3As and L2As without a snow map (each tried once: a request
-    already made, whatever its outcome, is not queued again by the tick)."""
+    already made, whatever its outcome, is not queued again by the tick); and staging left by killed jobs."""
+    _clean_staging(settings)
     if not _enabled():
         return []
     from processing.l3a import L3AParams, window

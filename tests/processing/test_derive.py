@@ -351,3 +351,22 @@ def test_a_replaced_dem_cascades_to_the_snow_maps_made_with_it_and_their_scds(bo
     with session(settings) as conn:
         assert conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
                             ).fetchone()[0] == 0
+
+
+def test_staging_left_by_a_killed_job_is_removed_after_a_day(tmp_path):
+    import os as os_
+
+    from catalog.settings import CatalogSettings
+    from ingest.settings import IngestSettings
+    from processing.plan import STAGING_MAX_AGE_S, _clean_staging
+
+    settings = CatalogSettings(home=tmp_path)
+    root = IngestSettings.staging_dir(settings)
+    old, live, other = root / "derive-old", root / "derive-live", root / "42"
+    for d in (old, live, other):
+        (d / "part").mkdir(parents=True)
+    past = time.time() - STAGING_MAX_AGE_S - 60
+    os_.utime(old, (past, past))
+    os_.utime(other, (past, past))
+    assert _clean_staging(settings) == ["derive-old"]
+    assert not old.exists() and live.exists() and other.exists(), "only derived-product staging, only when stale"

@@ -21,10 +21,10 @@ import pytest
 import rasterio
 from rasterio.io import MemoryFile
 
-from catalog.collections import S2_L2A, S2_L3A, STAC_VERSION
+from catalog.collections import S2_L2A, S2_L3A, S2_SNOW, STAC_VERSION
 from catalog.database import session
 from catalog.publish import publish_product
-from catalog.viewer import CSP, is_built
+from catalog.viewer import CSP, STATIC, is_built
 
 VIEWPORT = {"width": 1280, "height": 800}
 TIMEOUT_MS = 20_000
@@ -317,4 +317,77 @@ def test_the_month_selector_draws_each_month_and_the_swipe_shows_two(viewer, bro
     assert close(both[:, rows, left], july[:, rows, left]) > 0.9
     assert close(both[:, rows, right], march[:, rows, right]) > 0.9
     assert close(both[:, rows, right], july[:, rows, right]) < 0.8, "the right side is not another month"
+    assert viewer.problems == []
+
+
+def test_the_static_legends_are_those_of_the_colormaps():
+    import json
+
+    from processing.colormaps import legend
+
+    for name in ("landsurf_snow", "landsurf_scd"):
+        assert json.loads((STATIC / "legends" / f"{name}.json").read_text()) == legend(name), (
+            f"catalog/viewer/static/legends/{name}.json differs from processing.colormaps.legend({name!r}): "
+            "write it again from that function")
+
+
+@pytest.fixture(scope="module")
+def snow_item(catalog_settings, api, published) -> Iterator[dict]:
+    """A snow map of the first published L2A, made by the real snow code and published with its `renders`;
+    taken out again at the end."""
+    from processing.colormaps import renders
+    from processing.snow import SnowInputs, SnowParams, snow_map
+    from ingest.settings import IngestSettings
+
+    l2a = published[0].product_id
+    folder = next(catalog_settings.store_dir.glob(f"{S2_L2A}/**/{l2a}"))
+    staging = IngestSettings.staging_dir(catalog_settings) / f"viewer-{uuid.uuid4().hex[:12]}"
+    product = snow_map(SnowInputs.from_product_dir(folder, l2a, None), SnowParams.load(), staging, threads="1")
+    relative = PurePosixPath(S2_SNOW, *folder.relative_to(catalog_settings.store_dir / S2_L2A).parts[:-1],
+                             product.product_id)
+    with rasterio.open(product.files["SNW_R2"].path) as ds:
+        from rasterio.warp import transform_bounds
+
+        w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+    with session(catalog_settings) as conn:
+        l2a_item = conn.execute("SELECT pgstac.get_item(%s, %s)", (l2a, S2_L2A)).fetchone()[0]
+    item = {
+        "type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": [], "id": product.product_id,
+        "collection": S2_SNOW, "bbox": [w, s, e, n],
+        "geometry": {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]},
+        "properties": {"datetime": l2a_item["properties"]["datetime"],
+                       "grid:code": l2a_item["properties"]["grid:code"], "platform": l2a_item["properties"]["platform"],
+                       "version": "1-0", "renders": renders("snow")},
+        "assets": {key: {"href": f"{relative}/{f.path.name}", "type": f.media_type, "roles": ["data"],
+                         "file:checksum": f.checksum} for key, f in product.files.items()},
+        "links": [],
+    }
+    assert publish_product(catalog_settings, item, product.directory, relative).outcome == "published"
+    yield item
+    with session(catalog_settings, "admin") as conn:
+        conn.execute("SELECT pgstac.delete_item(%s, %s)", (item["id"], S2_SNOW))
+
+
+def test_a_snow_map_is_drawn_in_its_palette_beside_its_legend(viewer, snow_item):
+    from processing.colormaps import legend
+
+    snow = legend("landsurf_snow")
+    viewer.page.select_option("#collection", S2_SNOW)
+    viewer.page.fill("#limit", "10")
+    viewer.page.click("#go")
+    viewer.wait("document.querySelectorAll('#results li').length === 1")
+    viewer.page.click(f"#results button[data-id='{snow_item['id']}']")
+    viewer.map_tiles_loaded("item")
+    labels = viewer.page.eval_on_selector_all("#legend-entries li", "ls => ls.map(l => l.textContent)")
+    assert labels == [e["label"] for e in snow["entries"]]
+    assert viewer.page.text_content("#legend-title") == snow["title"]
+
+    pixels = viewer.map_pixels()
+    h, w = pixels.shape[1:]
+    middle = pixels[:, h // 4: 3 * h // 4, w // 4: 3 * w // 4].reshape(3, -1).T
+    palette = {tuple(e["color"][:3]) for e in snow["entries"] if e["color"][3] == 255}
+    seen = {tuple(p) for p in middle}
+    in_palette = np.mean([tuple(p) in palette for p in middle])
+    assert in_palette > 0.8, f"{in_palette:.0%} of the map in the snow palette; colours seen: {list(seen)[:8]}"
+    assert len(palette & seen) >= 2, "one class only: not a snow map"
     assert viewer.problems == []

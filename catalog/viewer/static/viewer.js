@@ -6,6 +6,9 @@ import { LngLatBounds, Map as MapLibre, NavigationControl, ScaleControl } from "
 const API = new URL("../", window.location.href);  // the viewer lives at <api>/viewer/
 const L3A = "sentinel2-l3a";
 const DEFAULT_COLLECTION = "sentinel2-l2a";
+// landsurf's colormaps, with labels (static copies of processing.colormaps.legend, kept equal by a test)
+const LEGENDS = ["landsurf_snow", "landsurf_scd"];
+const LEGEND_SAMPLES = 10;  // an interval legend longer than this shows this many of its entries
 const MAX_PAGES = 20;  // L3A months: at most this many pages of the collection are read to list them
 const $ = (id) => document.getElementById(id);
 
@@ -26,6 +29,8 @@ const state = {
   drawing: false,
   area: null,              // [w, s, e, n] drawn on the map
   months: new Map(),       // "YYYY-MM" → L3A items of that month
+  tilerColormaps: new Set(),  // the colormap names the tiler knows
+  legends: new Map(),      // colormap name → legend
 };
 
 // ---------- helpers ----------
@@ -84,9 +89,42 @@ function tileTemplate(item) {
     if (!render) return null;
     query = renderQuery(render);
   }
+  // a landsurf colormap the tiler was not given: sent as an explicit colormap, from its legend
+  const name = query.get("colormap_name");
+  if (name && !state.tilerColormaps.has(name) && state.legends.has(name)) {
+    query.delete("colormap_name");
+    query.set("colormap", JSON.stringify(colormapOf(state.legends.get(name))));
+  }
   query.set("tilesize", "512");
   // {z}/{x}/{y} must stay literal for MapLibre: appended after the encoded part
   return `${root}/tiles/WebMercatorQuad/{z}/{x}/{y}.png?${query.toString()}`;
+}
+
+// A legend as a titiler colormap: {value: rgba} for categories, [[[lower, upper], rgba], …] for intervals.
+function colormapOf(legend) {
+  if (legend.type === "intervals") return legend.entries.map((e) => [e.range, e.color]);
+  return Object.fromEntries(legend.entries.map((e) => [String(e.value), e.color]));
+}
+
+function showLegend(render) {
+  const legend = render && render.colormap_name ? state.legends.get(render.colormap_name) : null;
+  $("legend").hidden = !legend;
+  if (!legend) return;
+  let entries = legend.entries;
+  if (legend.type === "intervals" && entries.length > LEGEND_SAMPLES) {
+    const every = (entries.length - 1) / (LEGEND_SAMPLES - 1);
+    entries = Array.from({ length: LEGEND_SAMPLES }, (_, k) => entries[Math.round(k * every)]);
+  }
+  $("legend-title").textContent = legend.title + (legend.unit ? ` (${legend.unit})` : "");
+  $("legend-entries").replaceChildren(...entries.map((e) => {
+    const li = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    const [r, g, b, a] = e.color;
+    swatch.style.backgroundColor = `rgba(${r}, ${g}, ${b}, ${a / 255})`;  // CSSOM: allowed by the CSP
+    li.append(swatch, document.createTextNode(e.label));
+    return li;
+  }));
 }
 
 function rasterSource(item) {
@@ -336,10 +374,14 @@ function select(id, { fit = true } = {}) {
     dt.textContent = k; dd.textContent = String(v);
     return [dt, dd];
   }));
+  const render = renderOf(item);
+  showLegend(render);
   const source = rasterSource(item);
   if (source) {
     map.addSource("item", source);
-    map.addLayer({ id: "item", type: "raster", source: "item", paint: { "raster-fade-duration": 0 } }, "footprints-fill");
+    const paint = { "raster-fade-duration": 0 };
+    if (render && render.resampling === "nearest") paint["raster-resampling"] = "nearest";  // classes stay classes
+    map.addLayer({ id: "item", type: "raster", source: "item", paint }, "footprints-fill");
   } else {
     report(`${id}: no render parameters, no tiles to draw`);
   }
@@ -425,6 +467,12 @@ async function loadMonths() {
   $("mosaic-status").textContent = months.length ? `${months.length} month(s) of L3A syntheses` : "no L3A synthesis yet";
 }
 
+async function loadColormaps() {
+  const known = await getJson(apiUrl("raster/colorMaps"));
+  for (const c of known.colormaps || []) state.tilerColormaps.add(c.id);
+  for (const name of LEGENDS) state.legends.set(name, await getJson(new URL(`legends/${name}.json`, window.location.href).href));
+}
+
 // ---------- start ----------
 async function start() {
   $("search").addEventListener("submit", search);
@@ -437,6 +485,7 @@ async function start() {
   try {
     const { collections } = await getJson(apiUrl("collections"));
     for (const c of collections) state.collections.set(c.id, c);
+    await loadColormaps();
     $("collection").append(...collections.filter((c) => !c.id.endsWith("-history"))
       .map((c) => new Option(`${c.title || c.id} (${c.id})`, c.id)));
     if (state.collections.has(DEFAULT_COLLECTION)) $("collection").value = DEFAULT_COLLECTION;

@@ -144,7 +144,7 @@ def ingest_add(
     from ingest import receipts
     from ingest.inbox import take
     from ingest.settings import IngestSettings
-    from processing.queue import create_queue, defer, job_states, opened, run_worker
+    from processing.queue import INGEST_QUEUE, create_queue, defer, job_states, opened, run_worker
 
     settings, ingest_settings = _settings(), IngestSettings()
     missing = [a for a in paths if not Path(a).exists()]
@@ -167,7 +167,8 @@ def ingest_add(
         rows = {i: receipts.get(settings, i) for i in ids}
         if all(r.status in SETTLED for r in rows.values()):
             break
-        run_worker(create_queue(settings, ingest_settings), once=True)  # ours, and whatever else is due
+        # ours, and whatever else is due on the ingest queue (derived products are left to `landsurf worker`)
+        run_worker(create_queue(settings, ingest_settings), once=True, queues=(INGEST_QUEUE,))
         if any(receipts.get(settings, i).status not in SETTLED for i in ids):
             time.sleep(0.5)  # another worker has it, or its job is not due yet
     code = 0

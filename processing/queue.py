@@ -358,13 +358,15 @@ def retry(app: procrastinate.App, catalog: CatalogSettings, ingest: IngestSettin
 # ------------------------------------------------------------------------------------------------ workers
 
 
-def run_worker(app: IngestQueue, *, once: bool = False, concurrency: int = 1) -> None:
-    """Process ingest and derived-product jobs; with `once`, stop when no job is due. Without it, run until SIGINT/SIGTERM, riding
-    out database outages (the worker waits and reconnects)."""
-    asyncio.run(_work(app, once, concurrency))
+def run_worker(app: IngestQueue, *, once: bool = False, concurrency: int = 1,
+               queues: tuple[str, ...] = (INGEST_QUEUE, DERIVE_QUEUE)) -> None:
+    """Process ingest and derived-product jobs; with `once`, stop when no job is due. Without it, run until
+    SIGINT/SIGTERM, riding out database outages (the worker waits and reconnects)."""
+    asyncio.run(_work(app, once, concurrency, tuple(queues)))
 
 
-async def _work(app: IngestQueue, once: bool, concurrency: int) -> None:
+async def _work(app: IngestQueue, once: bool, concurrency: int,
+                queues: tuple[str, ...] = (INGEST_QUEUE, DERIVE_QUEUE)) -> None:
     ingest = app.ingest
     app.tick_derived = not once
     loop = asyncio.get_running_loop()
@@ -381,7 +383,7 @@ async def _work(app: IngestQueue, once: bool, concurrency: int) -> None:
                 await _sweep_logged(app)
                 sweeper = None if once else asyncio.create_task(_sweep_every(app))
                 worker = asyncio.create_task(app.run_worker_async(
-                    queues=[INGEST_QUEUE, DERIVE_QUEUE], wait=not once, concurrency=concurrency, install_signal_handlers=False,
+                    queues=list(queues), wait=not once, concurrency=concurrency, install_signal_handlers=False,
                     delete_jobs="successful", update_heartbeat_interval=ingest.heartbeat_seconds,
                     stalled_worker_timeout=ingest.stalled_seconds,
                     fetch_job_polling_interval=min(ingest.poll_seconds, 5.0)))

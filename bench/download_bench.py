@@ -3,6 +3,7 @@ sending the bytes (`X-Accel-Redirect`), against the same nginx serving the same 
 
     .venv/bin/python -m bench.download_bench                 # 250 MB file, 200 × 1 MB, 100 × 64 KiB ranges, 5 rounds
     .venv/bin/python -m bench.download_bench --rounds 3 --big-mb 100
+    .venv/bin/python -m bench.download_bench --resume-only     # only the resumed-download figure
 
 - baseline: Debian's nginx (started here on loopback, `sendfile on`, `tcp_nopush off` — with it on, keep-alive
   Range requests wait ~44 ms each, shared spec tiles-downloads.md) serving the store directory as static files,
@@ -14,6 +15,11 @@ sending the bytes (`X-Accel-Redirect`), against the same nginx serving the same 
   (GDAL's /vsicurl/ pattern);
 - rounds interleave baseline and landsurf (baseline first in even rounds); each figure is the median of the
   per-round ratios, with min–max. Writes bench/out/download.json and prints Markdown.
+- resume (issue 11): `landsurf download`'s fetch of the big file through nginx + X-Accel, its connection cut at
+  ~40 % (a loopback relay drops it, buffered bytes included), then the same command again: the bytes the
+  server sent for the resumed transfer (counted by the relay, headers included) against the bytes that were
+  missing, and the checksum verified. Written into the same JSON (`resume`), or bench/out/download-resume.json
+  with --resume-only.
 """
 
 from __future__ import annotations
@@ -97,11 +103,65 @@ def measure(base: str, big: str, small: list[str], size: int) -> dict[str, float
     return {"big_1_mbps": one, "big_4_mbps": four, "small_200_s": small_s, "range_64k_ms": ranges_ms}
 
 
+def measure_resume(url: str, relay, local: Path, work: Path, cut_at: float = 0.4) -> dict[str, float]:
+    """The big file fetched by `landsurf download`'s code, cut at `cut_at` of its size, then resumed."""
+    import hashlib
+    import threading
+
+    from processing.download_client import (Downloader, DownloadOptions, FileJob, FileFailed, Report,
+                                            TokenSource)
+
+    size = local.stat().st_size
+    h = hashlib.sha256()
+    with local.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    out = work / "resume"
+    out.mkdir()
+    job = FileJob("bench", "big", "data", url, out / "big.bin", size, "1220" + h.hexdigest())
+    options = DownloadOptions(parallel=1, retries=0, progress=False, backoff_s=0.1)
+    part = out / "big.bin.part"
+    with httpx.Client(timeout=60) as client:
+        first = Report()
+        dl = Downloader(url.rsplit("/download/", 1)[0], out, options, TokenSource(), client, first, lambda n: None)
+        outcome: dict[str, object] = {}
+
+        def fetch() -> None:
+            try:
+                outcome["done"] = dl.fetch(job)
+            except FileFailed as exc:
+                outcome["failed"] = str(exc)
+
+        relay.rate = 100e6  # 100 MB/s, so that the cut lands near `cut_at`
+        worker = threading.Thread(target=fetch)
+        worker.start()
+        while worker.is_alive():
+            if part.exists() and part.stat().st_size >= cut_at * size:
+                relay.cut()
+                break
+            time.sleep(0.002)
+        worker.join(120)
+        assert "failed" in outcome, f"the transfer was not interrupted: {outcome}"
+        have = part.stat().st_size
+        relay.rate, relay.down = None, 0
+        second = Report()
+        dl = Downloader(url.rsplit("/download/", 1)[0], out, options, TokenSource(), client, second, lambda n: None)
+        started = time.perf_counter()
+        assert dl.fetch(job) == "fetched"
+        seconds = time.perf_counter() - started
+    assert (out / "big.bin").stat().st_size == size and second.bytes_resumed == have
+    return {"size": size, "interrupted_at": have, "missing": size - have, "resumed_body_bytes": second.bytes_received,
+            "resumed_wire_bytes": relay.down, "re_sent": second.bytes_received - (size - have),
+            "overhead_bytes": relay.down - (size - have), "resume_seconds": seconds,
+            "whole_file_refetch_bytes": size}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--big-mb", type=int, default=250)
     parser.add_argument("--small", type=int, default=200)
+    parser.add_argument("--resume-only", action="store_true", help="only the resumed-download figure")
     args = parser.parse_args()
 
     from catalog.embedded import EmbeddedCluster
@@ -158,6 +218,23 @@ http {{
                  "public": f"http://127.0.0.1:{port}/public/download"}
         head = httpx.get(f"{bases['landsurf']}/{big}", headers={"Range": "bytes=0-9"})
         assert head.status_code == 206 and "x-accel-redirect" not in head.headers, head.headers
+        from tests.processing.test_download_client import Relay
+
+        relay = Relay(port)
+        try:
+            resume = measure_resume(f"{relay.url}/landsurf/download/{big}", relay, store / big, work)
+        finally:
+            relay.close()
+        print(f"resume: cut at {resume['interrupted_at']} of {resume['size']} bytes; the resumed transfer sent "
+              f"{resume['resumed_body_bytes']} body bytes for {resume['missing']} missing (re-sent "
+              f"{resume['re_sent']}), {resume['resumed_wire_bytes']} on the wire, in {resume['resume_seconds']:.2f} s")
+        if args.resume_only:
+            OUT.mkdir(exist_ok=True)
+            (OUT / "download-resume.json").write_text(json.dumps({
+                "command": "python -m bench.download_bench " + " ".join(sys.argv[1:]),
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                            "load_avg": os.getloadavg()}, "resume": resume}, indent=2))
+            return
         for base in bases.values():  # warm the page cache and the connections
             measure(base, big, small[:16], size)
         rounds = []
@@ -178,7 +255,7 @@ http {{
         result = {"command": "python -m bench.download_bench " + " ".join(sys.argv[1:]),
                   "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                               "load_avg": os.getloadavg()},
-                  "big_bytes": size, "rounds": rounds,
+                  "big_bytes": size, "rounds": rounds, "resume": resume,
                   "ratios": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in
                              ratios.items()}}
         OUT.mkdir(exist_ok=True)

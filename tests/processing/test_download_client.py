@@ -38,6 +38,7 @@ class Relay:
     def __init__(self, target_port: int) -> None:
         self.target = target_port
         self.rate: float | None = None
+        self.down = 0  # bytes relayed from server to client (headers included)
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -63,8 +64,10 @@ class Relay:
 
     def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
         try:
-            while data := src.recv(16384):
+            while data := src.recv(65536 if not self.rate else 16384):
                 dst.sendall(data)
+                if down:
+                    self.down += len(data)
                 if down and self.rate:
                     time.sleep(len(data) / self.rate)
         except OSError:
@@ -81,6 +84,7 @@ class Relay:
             for s in self.conns:
                 try:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    s.shutdown(socket.SHUT_RDWR)  # wakes the relay thread blocked on it (close alone would not)
                     s.close()
                 except OSError:
                     pass
@@ -262,3 +266,36 @@ def test_a_failed_product_does_not_stop_the_batch_and_the_exit_code_says_so(cata
     report = json.loads((out / "last-run.json").read_text())
     assert report["products_failed"] == [broken["id"]] and report["files_fetched"] == 9
     assert _verified(out, [i for i in items if i is not broken]) == 8
+
+
+def test_rate_limits_and_a_refused_token_are_waited_out_and_refreshed(catalog_settings, published_items,
+                                                                      operator_token, tmp_path):
+    """A server allowing 4 downloads per second (bursts of 2, one at a time per user) and a token command whose
+    first token is refused: the client honours 429 + Retry-After, gets a new token on the 401, and completes."""
+    port = free_port()
+    server = ApiServer(catalog_settings, port).start(
+        LANDSURF_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        LANDSURF_DOWNLOADS_REQUIRE_TOKEN="true", LANDSURF_DOWNLOAD_RATE="4", LANDSURF_DOWNLOAD_BURST="2",
+        LANDSURF_DOWNLOAD_CONCURRENCY="1", LANDSURF_TOKEN_CACHE_S="0")
+    try:
+        with session(catalog_settings) as conn:
+            add_user(conn, "limited")
+            good = tmp_path / "good"
+            good.write_text(issue_token(conn, "limited", 1)[0])
+        used = tmp_path / "used"
+        command = f"sh -c 'if [ -e {used} ]; then cat {good}; else touch {used}; echo lsu_not_a_token; fi'"
+        out = tmp_path / "limited"
+        report = run(server.url, Query(collections=[S2_L2A], ids=[i["id"] for i in published_items[:3]]), out,
+                     DownloadOptions(parallel=4, retries=6, assets=ASSETS, progress=False, backoff_s=0.2),
+                     TokenSource(command=command), Console(file=open("/dev/null", "w")))
+        assert not report.failed, report.summary()
+        assert report.files_fetched == 6 and used.exists()
+        metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {operator_token}"}).text
+        limited = sum(float(v) for v in re.findall(r'^landsurf_http_requests_total\{[^}]*route="/download[^"]*"'
+                                                    r'[^}]*status="429"[^}]*\} (\S+)$', metrics, re.M))
+        refused = sum(float(v) for v in re.findall(r'^landsurf_http_requests_total\{[^}]*route="/download[^"]*"'
+                                                    r'[^}]*status="401"[^}]*\} (\S+)$', metrics, re.M))
+        assert limited >= 1 and refused >= 1, [m for m in metrics.splitlines() if "download" in m]
+        assert _verified(out, published_items[:3]) == 6
+    finally:
+        server.stop()

@@ -376,3 +376,51 @@ def test_staging_left_by_a_killed_job_is_removed_after_a_day(tmp_path):
     os_.utime(other, (past, past))
     assert _clean_staging(settings) == ["derive-old"]
     assert not old.exists() and live.exists() and other.exists(), "only derived-product staging, only when stale"
+
+
+def test_a_worker_killed_while_making_a_product_leaves_nothing_half_done(box, season):
+    """kill -9 of the worker while its derive job runs: the job is a stalled job, another worker's sweep retries it,
+    and the product ends published once (the killed run's staging, invisible, goes with the tick's cleanup)."""
+    import signal
+    import subprocess
+    import sys
+
+    from processing.derive import DerivedRequest, request_product, request_status
+    from processing.queue import create_queue, run_worker, sweep_now
+    from tests.conftest import ROOT, env_for
+
+    settings, ingest, _ = box
+    req = DerivedRequest("scd", tile="31TCH", start=date(2024, 1, 1), stop=date(2024, 3, 31))
+    job = request_product(settings, req).job_id
+    fast = {"LANDSURF_INGEST_HEARTBEAT_SECONDS": "0.5", "LANDSURF_INGEST_STALLED_SECONDS": "2",
+            "LANDSURF_LOG_LEVEL": "WARNING"}
+    worker = subprocess.Popen([sys.executable, "-m", "processing.cli", "worker"], cwd=ROOT,
+                              env=env_for(settings, **fast), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline:
+            with session(settings, "ingest") as conn:
+                status = conn.execute("SELECT status::text FROM procrastinate_jobs WHERE id = %s", (job,)).fetchone()
+            if status and status[0] == "doing":
+                break
+            time.sleep(0.005)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    assert status and status[0] == "doing", f"the job was never seen running ({status})"
+    if request_status(settings, job).status == "published":
+        pytest.skip("the job finished before the kill landed")  # a very fast machine: nothing was interrupted
+    time.sleep(2.5)  # the dead worker's heartbeat is now older than the stalled limit
+    report = sweep_now(settings, ingest.model_copy(update={"stalled_seconds": 2}))
+    assert job in report.stalled
+    run_worker(create_queue(settings, ingest), once=True)
+    done = request_status(settings, job)
+    assert done.status == "published", done
+    assert [i["id"] for i in _items(settings, S2_SCD) if i["properties"]["datetime"].startswith("2024-01-01")] == [
+        done.item_id]
+    product_dirs = list((settings.store_dir / S2_SCD / "31TCH" / "2024" / "01").iterdir())
+    assert [d.name for d in product_dirs] == [done.item_id], "one product directory, complete"

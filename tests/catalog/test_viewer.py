@@ -7,8 +7,10 @@ strict Content-Security-Policy reports its violations there too.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
+import zipfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from catalog.collections import S2_L2A, S2_L3A, S2_SNOW, STAC_VERSION
 from catalog.database import session
 from catalog.publish import publish_product
 from catalog.viewer import CSP, STATIC, is_built
+from tests.conftest import ApiServer, free_port
 
 VIEWPORT = {"width": 1280, "height": 800}
 TIMEOUT_MS = 20_000
@@ -391,3 +394,80 @@ def test_a_snow_map_is_drawn_in_its_palette_beside_its_legend(viewer, snow_item)
     assert in_palette > 0.8, f"{in_palette:.0%} of the map in the snow palette; colours seen: {list(seen)[:8]}"
     assert len(palette & seen) >= 2, "one class only: not a snow map"
     assert viewer.problems == []
+
+
+@pytest.fixture(scope="module")
+def guarded(catalog_settings, published) -> Iterator[ApiServer]:
+    """The same catalog served by a second API whose downloads need a token (search and tiles stay public)."""
+    port = free_port()
+    server = ApiServer(catalog_settings, port).start(LANDSURF_DOWNLOADS_REQUIRE_TOKEN="true",
+                                                     LANDSURF_PUBLIC_URL=f"http://127.0.0.1:{port}")
+    yield server
+    server.stop()
+
+
+def _check_bundle(path: Path, item: dict) -> None:
+    with zipfile.ZipFile(path) as bundle:
+        names = bundle.namelist()
+        for key, asset in item["assets"].items():
+            name = asset["href"].rsplit("/", 1)[-1]
+            member = next((n for n in names if n.endswith("/" + name) or n == name), None)
+            assert member, f"{key} ({name}) missing from the bundle: {names}"
+            if "file:checksum" in asset:
+                assert "1220" + hashlib.sha256(bundle.read(member)).hexdigest() == asset["file:checksum"], key
+
+
+def test_a_signed_in_user_downloads_the_selected_product(browser, guarded, catalog_settings, published_items,
+                                                         tmp_path):
+    from catalog.users import add_user, issue_token
+
+    with session(catalog_settings) as conn:
+        add_user(conn, "viewer-user")
+        token = issue_token(conn, "viewer-user", 1)[0]
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    try:
+        viewer = Viewer(context.new_page(), guarded.url + "/viewer/")
+        viewer.page.click("#who")
+        viewer.page.fill("#token", "lsu_not-a-token")
+        viewer.page.click("#sign-in button[type=submit]")
+        viewer.wait("document.getElementById('status').textContent.startsWith('sign-in refused')")
+        # the refusal, and nothing else, was met (the console line of a failed load names no URL)
+        assert all("401" in p for p in viewer.problems) and any("/auth/token" in p for p in viewer.problems)
+        viewer.problems.clear()
+
+        assert viewer.page.is_visible("#token")  # the form stays open after a refusal
+        viewer.page.fill("#token", token)
+        viewer.page.click("#sign-in button[type=submit]")
+        viewer.wait("document.getElementById('who').textContent.startsWith('Signed in: viewer-user')")
+        item = published_items[2]
+        viewer.search(expect=len(published_items))
+        viewer.page.click(f"#results button[data-id='{item['id']}']")
+        viewer.wait("document.getElementById('thumb').complete && document.getElementById('thumb').naturalWidth > 0")
+        with viewer.page.expect_download(timeout=TIMEOUT_MS) as started:
+            viewer.page.click("#download")
+        saved = tmp_path / "signed-in.zip"
+        started.value.save_as(saved)
+        assert started.value.suggested_filename == f"{item['id']}.zip"
+        _check_bundle(saved, item)
+        assert httpx.get(f"{guarded.url}/collections/{item['collection']}/items/{item['id']}/bundle.zip",
+                         timeout=10).status_code == 401  # the server does ask for the token
+        assert viewer.problems == []
+    finally:
+        context.close()
+
+
+def test_without_a_token_a_public_server_streams_the_download(browser, api, published_items, tmp_path):
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    try:
+        viewer = Viewer(context.new_page(), api.url + "/viewer/")
+        item = published_items[0]
+        viewer.search(expect=len(published_items))
+        viewer.page.click(f"#results button[data-id='{item['id']}']")
+        with viewer.page.expect_download(timeout=TIMEOUT_MS) as started:
+            viewer.page.click("#download")
+        saved = tmp_path / "public.zip"
+        started.value.save_as(saved)
+        _check_bundle(saved, item)
+        assert viewer.problems == []
+    finally:
+        context.close()

@@ -31,6 +31,7 @@ const state = {
   months: new Map(),       // "YYYY-MM" → L3A items of that month
   tilerColormaps: new Set(),  // the colormap names the tiler knows
   legends: new Map(),      // colormap name → legend
+  token: window.sessionStorage.getItem("landsurf-token"),  // a download user's token, for this tab only
 };
 
 // ---------- helpers ----------
@@ -351,6 +352,19 @@ function unselect() {
   }
 }
 
+async function showThumbnail(img, href, id) {
+  try {
+    const response = await fetch(href, { headers: { Authorization: `Bearer ${state.token}` } });
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+    const blob = await response.blob();
+    if (state.selected !== id) return;
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(blob);
+  } catch (error) {
+    report(`quicklook of ${id}: ${error.message}`, true);
+  }
+}
+
 function select(id, { fit = true } = {}) {
   const item = state.items.get(id);
   if (!item) return;
@@ -365,7 +379,8 @@ function select(id, { fit = true } = {}) {
   const preview = (item.links || []).find((l) => l.rel === "preview");
   const img = $("thumb");
   img.hidden = !(thumb || preview);
-  if (thumb || preview) img.src = (thumb || preview).href;
+  if (thumb && state.token) showThumbnail(img, thumb.href, id);  // a server may ask a token for files
+  else if (thumb || preview) img.src = (thumb || preview).href;
   const props = item.properties || {};
   const rows = [["date", itemDate(item)], ["collection", item.collection], ["platform", props.platform],
                 ["cloud cover %", props["eo:cloud_cover"]], ["grid", props["grid:code"]]];
@@ -473,6 +488,62 @@ async function loadColormaps() {
   for (const name of LEGENDS) state.legends.set(name, await getJson(new URL(`legends/${name}.json`, window.location.href).href));
 }
 
+// ---------- sign-in and downloads ----------
+async function signIn(event) {
+  if (event) event.preventDefault();
+  const token = $("token").value.trim() || state.token;
+  if (!token) return;
+  try {
+    const who = await getJson(apiUrl("auth/token"), { headers: { Authorization: `Bearer ${token}` } });
+    state.token = token;
+    window.sessionStorage.setItem("landsurf-token", token);
+    $("token").value = "";
+    $("who").textContent = `Signed in: ${who.name}` + (who.expires ? `, until ${who.expires.slice(0, 10)}` : "");
+    $("account").open = false;
+  } catch (error) {
+    signOut();
+    report(`sign-in refused: ${error.message}`);
+  }
+}
+
+function signOut() {
+  state.token = null;
+  window.sessionStorage.removeItem("landsurf-token");
+  $("who").textContent = "Sign in (downloads)";
+}
+
+function save(href, name) {
+  const a = document.createElement("a");
+  a.href = href;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
+// The selected product as one zip. Signed in: fetched with the token (held in memory, then saved); otherwise a
+// plain link, which the browser streams to disk.
+async function download() {
+  const item = state.items.get(state.selected);
+  if (!item) return;
+  const url = apiUrl(`collections/${encodeURIComponent(item.collection)}/items/${encodeURIComponent(item.id)}/bundle.zip`);
+  if (!state.token) { save(url, `${item.id}.zip`); return; }
+  $("download").disabled = true;
+  report(`downloading ${item.id}…`);
+  try {
+    const response = await fetch(url, { headers: { Authorization: `Bearer ${state.token}` } });
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+    const href = URL.createObjectURL(await response.blob());
+    save(href, `${item.id}.zip`);
+    window.setTimeout(() => URL.revokeObjectURL(href), 60_000);
+    report(`${item.id}.zip saved`);
+  } catch (error) {
+    report(`download failed: ${error.message}`, true);
+  } finally {
+    $("download").disabled = false;
+  }
+}
+
 // ---------- start ----------
 async function start() {
   $("search").addEventListener("submit", search);
@@ -482,6 +553,10 @@ async function start() {
   $("compare").addEventListener("change", compare);
   $("swipe").addEventListener("input", placeSwipe);
   $("time").addEventListener("input", step);
+  $("sign-in").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", signOut);
+  $("download").addEventListener("click", download);
+  if (state.token) signIn();
   try {
     const { collections } = await getJson(apiUrl("collections"));
     for (const c of collections) state.collections.set(c.id, c);

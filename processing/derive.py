@@ -332,7 +332,10 @@ def run_request(settings: CatalogSettings, req: DerivedRequest, *, job_id: int |
     from processing import publish_derived as pd
 
     req = req.validate()
-    staging = IngestSettings.staging_dir(settings) / f"derive-{uuid.uuid4().hex[:16]}"
+    # a job's staging is named after it: its retry first removes what a killed attempt left (as ingest does)
+    name = f"derive-job-{job_id}" if job_id is not None else f"derive-{uuid.uuid4().hex[:16]}"
+    staging = IngestSettings.staging_dir(settings) / name
+    shutil.rmtree(staging, ignore_errors=True)
     try:
         try:
             record(settings, job_id, req, status="running")

@@ -49,6 +49,8 @@ def settings_for(home: Path, **extra) -> CatalogSettings:
 
 def env_for(settings: CatalogSettings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LANDSURF_")}
+    if "LANDSURF_PROCESSING_AUTO_DERIVE" in os.environ:  # the suite's choice (above) holds in child processes
+        env["LANDSURF_PROCESSING_AUTO_DERIVE"] = os.environ["LANDSURF_PROCESSING_AUTO_DERIVE"]
     env |= {"LANDSURF_HOME": str(settings.home), "LANDSURF_STATEMENT_TIMEOUT_MS": str(settings.statement_timeout_ms)}
     if settings.public_url:
         env["LANDSURF_PUBLIC_URL"] = settings.public_url

@@ -380,7 +380,7 @@ def test_staging_left_by_a_killed_job_is_removed_after_a_day(tmp_path):
 
 def test_a_worker_killed_while_making_a_product_leaves_nothing_half_done(box, season):
     """kill -9 of the worker while its derive job runs: the job is a stalled job, another worker's sweep retries it,
-    and the product ends published once (the killed run's staging, invisible, goes with the tick's cleanup)."""
+    the retry removes what the killed attempt left, and the product ends published once."""
     import signal
     import subprocess
     import sys
@@ -424,3 +424,4 @@ def test_a_worker_killed_while_making_a_product_leaves_nothing_half_done(box, se
         done.item_id]
     product_dirs = list((settings.store_dir / S2_SCD / "31TCH" / "2024" / "01").iterdir())
     assert [d.name for d in product_dirs] == [done.item_id], "one product directory, complete"
+    assert list(ingest.staging_dir(settings).glob("derive-*")) == [], "nothing left behind"

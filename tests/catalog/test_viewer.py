@@ -8,6 +8,8 @@ strict Content-Security-Policy reports its violations there too.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 import shutil
 import zipfile
@@ -16,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import numpy as np
@@ -301,8 +304,11 @@ def test_the_month_selector_draws_each_month_and_the_swipe_shows_two(viewer, bro
     viewer = Viewer(viewer.page, api.url + "/viewer/")  # reloaded: the months are read when the page starts
     offered = viewer.page.eval_on_selector_all("#month option", "os => os.map(o => o.value).filter(Boolean)")
     assert offered == sorted(MONTHS, reverse=True)
+    started = time.perf_counter()
     march = _pick_month(viewer, "2024-03")
+    first_paint_s = time.perf_counter() - started - 0.3  # less the settling pause of _pick_month
     july = _pick_month(viewer, "2024-07")
+    print(f"viewer: first L3A month painted {first_paint_s:.2f} s after it was picked")
     h, w = march.shape[1:]
     for picture in (march, july):
         assert picture[:, h // 3: 2 * h // 3, w // 3: 2 * w // 3].std() > 10, "a month drawn flat"
@@ -324,14 +330,21 @@ def test_the_month_selector_draws_each_month_and_the_swipe_shows_two(viewer, bro
 
 
 def test_the_static_legends_are_those_of_the_colormaps():
-    import json
-
     from processing.colormaps import legend
 
     for name in ("landsurf_snow", "landsurf_scd"):
         assert json.loads((STATIC / "legends" / f"{name}.json").read_text()) == legend(name), (
             f"catalog/viewer/static/legends/{name}.json differs from processing.colormaps.legend({name!r}): "
             "write it again from that function")
+
+
+def _tile_of(item: dict, z: int) -> tuple[int, int, int]:
+    """The web-mercator tile at zoom `z` over the middle of an item."""
+    lon, lat = (item["bbox"][0] + item["bbox"][2]) / 2, (item["bbox"][1] + item["bbox"][3]) / 2
+    n = 2 ** z
+    x = int((lon + 180) / 360 * n)
+    y = int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
+    return z, x, y
 
 
 @pytest.fixture(scope="module")
@@ -393,6 +406,15 @@ def test_a_snow_map_is_drawn_in_its_palette_beside_its_legend(viewer, snow_item)
     in_palette = np.mean([tuple(p) in palette for p in middle])
     assert in_palette > 0.8, f"{in_palette:.0%} of the map in the snow palette; colours seen: {list(seen)[:8]}"
     assert len(palette & seen) >= 2, "one class only: not a snow map"
+
+    # what the viewer sends for the duration maps while the tiler lacks landsurf's colormaps: intervals it accepts
+    scd = legend("landsurf_scd")
+    intervals = [[e["range"], e["color"]] for e in scd["entries"]]
+    tile = viewer.page.evaluate("() => window.landsurfViewer.map.getSource('item').tiles[0]")
+    url = urlsplit(tile.replace("{z}/{x}/{y}", "/".join(map(str, _tile_of(snow_item, 12)))))
+    params = [(k, v) for k, v in parse_qsl(url.query) if k != "colormap"] + [("colormap", json.dumps(intervals))]
+    r = httpx.get(url._replace(query="").geturl(), params=params, timeout=20)
+    assert r.status_code == 200 and r.content[:4] == b"\x89PNG", r.text[:300]
     assert viewer.problems == []
 
 

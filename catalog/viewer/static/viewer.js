@@ -1,7 +1,9 @@
 // landsurf web viewer: search the STAC API (POST /search, paged by its `next` links), show footprints on the map
 // and in a list, draw a selected product's tiles from the tiler (/raster) with its render parameters, and the
 // monthly L3A syntheses by month, two months side by side with a swipe. Everything comes from this origin.
-import { LngLatBounds, Map as MapLibre, NavigationControl, ScaleControl } from "./vendor/maplibre-gl.mjs";
+import { Map as MapLibre, NavigationControl, ScaleControl } from "./vendor/maplibre-gl.mjs";
+import { createAccount } from "./account.js";
+import { boundsOf, itemDate, rasterSource, renderOf } from "./render.js";
 
 const API = new URL("../", window.location.href);  // the viewer lives at <api>/viewer/
 const L3A = "sentinel2-l3a";
@@ -31,11 +33,14 @@ const state = {
   months: new Map(),       // "YYYY-MM" → L3A items of that month
   tilerColormaps: new Set(),  // the colormap names the tiler knows
   legends: new Map(),      // colormap name → legend
-  token: window.sessionStorage.getItem("landsurf-token"),  // a download user's token, for this tab only
+  token: null,             // a download user's token, for this tab only (account.js)
 };
 
 // ---------- helpers ----------
 function apiUrl(path) { return new URL(path, API).href; }
+function catalog() {
+  return { api: API, collections: state.collections, tilerColormaps: state.tilerColormaps, legends: state.legends };
+}
 
 async function getJson(url, options = {}) {
   const response = await fetch(url, { headers: { Accept: "application/geo+json, application/json" }, ...options });
@@ -50,61 +55,6 @@ async function getJson(url, options = {}) {
 function report(message, isError = false) {
   $("status").textContent = message;
   if (isError) console.error(`landsurf viewer: ${message}`);
-}
-
-function itemDate(item) {
-  const p = item.properties || {};
-  return p.datetime || p.start_datetime || "";
-}
-
-// The item's render (render extension): on the item, in its properties, or its collection's default.
-function renderOf(item) {
-  const renders = item.renders || (item.properties || {}).renders
-    || (state.collections.get(item.collection) || {}).renders;
-  if (!renders) return null;
-  const [name] = Object.keys(renders);
-  return name ? renders[name] : null;
-}
-
-// A render as tiler query parameters (as the API's own tile links write them).
-function renderQuery(render) {
-  const q = new URLSearchParams();
-  for (const a of render.assets || []) q.append("assets", a);
-  for (const r of render.rescale || []) q.append("rescale", r.join(","));
-  for (const key of ["expression", "colormap_name", "color_formula", "resampling", "nodata"]) {
-    if (key in render) q.append(key, String(render[key]));
-  }
-  if (render.colormap) q.append("colormap", JSON.stringify(render.colormap));
-  return q;
-}
-
-// The XYZ tile template of an item: its tilejson link's parameters (the API's), else built from its `renders`.
-function tileTemplate(item) {
-  const root = apiUrl(`raster/collections/${encodeURIComponent(item.collection)}/items/${encodeURIComponent(item.id)}`);
-  let query;
-  const link = (item.links || []).find((l) => l.rel === "tilejson");
-  if (link) {
-    query = new URL(link.href).searchParams;
-  } else {
-    const render = renderOf(item);
-    if (!render) return null;
-    query = renderQuery(render);
-  }
-  // a landsurf colormap the tiler was not given: sent as an explicit colormap, from its legend
-  const name = query.get("colormap_name");
-  if (name && !state.tilerColormaps.has(name) && state.legends.has(name)) {
-    query.delete("colormap_name");
-    query.set("colormap", JSON.stringify(colormapOf(state.legends.get(name))));
-  }
-  query.set("tilesize", "512");
-  // {z}/{x}/{y} must stay literal for MapLibre: appended after the encoded part
-  return `${root}/tiles/WebMercatorQuad/{z}/{x}/{y}.png?${query.toString()}`;
-}
-
-// A legend as a titiler colormap: {value: rgba} for categories, [[[lower, upper], rgba], …] for intervals.
-function colormapOf(legend) {
-  if (legend.type === "intervals") return legend.entries.map((e) => [e.range, e.color]);
-  return Object.fromEntries(legend.entries.map((e) => [String(e.value), e.color]));
 }
 
 function showLegend(render) {
@@ -128,24 +78,7 @@ function showLegend(render) {
   }));
 }
 
-function rasterSource(item) {
-  const tiles = tileTemplate(item);
-  if (!tiles) return null;
-  const source = { type: "raster", tiles: [tiles], tileSize: 512, minzoom: 0, maxzoom: 15 };
-  if (Array.isArray(item.bbox) && item.bbox.length === 4) source.bounds = item.bbox;  // no request outside it
-  return source;
-}
-
-function boundsOf(items) {
-  const bounds = new LngLatBounds();
-  for (const item of items) {
-    if (Array.isArray(item.bbox) && item.bbox.length >= 4) {
-      bounds.extend([item.bbox[0], item.bbox[1]]);
-      bounds.extend([item.bbox[2], item.bbox[3]]);
-    }
-  }
-  return bounds.isEmpty() ? null : bounds;
-}
+const account = createAccount({ state, $, report, apiUrl, getJson });
 
 // ---------- the maps ----------
 const map = new MapLibre({ container: "map", style: BLANK_STYLE, center: [2.5, 46.5], zoom: 4.5,
@@ -352,19 +285,6 @@ function unselect() {
   }
 }
 
-async function showThumbnail(img, href, id) {
-  try {
-    const response = await fetch(href, { headers: { Authorization: `Bearer ${state.token}` } });
-    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
-    const blob = await response.blob();
-    if (state.selected !== id) return;
-    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
-    img.src = URL.createObjectURL(blob);
-  } catch (error) {
-    report(`quicklook of ${id}: ${error.message}`, true);
-  }
-}
-
 function select(id, { fit = true } = {}) {
   const item = state.items.get(id);
   if (!item) return;
@@ -379,7 +299,7 @@ function select(id, { fit = true } = {}) {
   const preview = (item.links || []).find((l) => l.rel === "preview");
   const img = $("thumb");
   img.hidden = !(thumb || preview);
-  if (thumb && state.token) showThumbnail(img, thumb.href, id);  // a server may ask a token for files
+  if (thumb && state.token) account.showThumbnail(img, thumb.href, id);  // a server may ask a token for files
   else if (thumb || preview) img.src = (thumb || preview).href;
   const props = item.properties || {};
   const rows = [["date", itemDate(item)], ["collection", item.collection], ["platform", props.platform],
@@ -389,9 +309,9 @@ function select(id, { fit = true } = {}) {
     dt.textContent = k; dd.textContent = String(v);
     return [dt, dd];
   }));
-  const render = renderOf(item);
+  const render = renderOf(item, state.collections);
   showLegend(render);
-  const source = rasterSource(item);
+  const source = rasterSource(item, catalog());
   if (source) {
     map.addSource("item", source);
     const paint = { "raster-fade-duration": 0 };
@@ -413,7 +333,7 @@ function setMonthLayers(target, prefix, month) {
   const items = state.months.get(month) || [];
   const before = target.getLayer("item") ? "item" : target.getLayer("footprints-fill") ? "footprints-fill" : undefined;
   items.forEach((item, i) => {
-    const source = rasterSource(item);
+    const source = rasterSource(item, catalog());
     if (!source) return;
     target.addSource(`${prefix}${i}`, source);
     target.addLayer({ id: `${prefix}${i}`, type: "raster", source: `${prefix}${i}`,
@@ -488,62 +408,6 @@ async function loadColormaps() {
   for (const name of LEGENDS) state.legends.set(name, await getJson(new URL(`legends/${name}.json`, window.location.href).href));
 }
 
-// ---------- sign-in and downloads ----------
-async function signIn(event) {
-  if (event) event.preventDefault();
-  const token = $("token").value.trim() || state.token;
-  if (!token) return;
-  try {
-    const who = await getJson(apiUrl("auth/token"), { headers: { Authorization: `Bearer ${token}` } });
-    state.token = token;
-    window.sessionStorage.setItem("landsurf-token", token);
-    $("token").value = "";
-    $("who").textContent = `Signed in: ${who.name}` + (who.expires ? `, until ${who.expires.slice(0, 10)}` : "");
-    $("account").open = false;
-  } catch (error) {
-    signOut();
-    report(`sign-in refused: ${error.message}`);
-  }
-}
-
-function signOut() {
-  state.token = null;
-  window.sessionStorage.removeItem("landsurf-token");
-  $("who").textContent = "Sign in (downloads)";
-}
-
-function save(href, name) {
-  const a = document.createElement("a");
-  a.href = href;
-  a.download = name;
-  document.body.append(a);
-  a.click();
-  a.remove();
-}
-
-// The selected product as one zip. Signed in: fetched with the token (held in memory, then saved); otherwise a
-// plain link, which the browser streams to disk.
-async function download() {
-  const item = state.items.get(state.selected);
-  if (!item) return;
-  const url = apiUrl(`collections/${encodeURIComponent(item.collection)}/items/${encodeURIComponent(item.id)}/bundle.zip`);
-  if (!state.token) { save(url, `${item.id}.zip`); return; }
-  $("download").disabled = true;
-  report(`downloading ${item.id}…`);
-  try {
-    const response = await fetch(url, { headers: { Authorization: `Bearer ${state.token}` } });
-    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
-    const href = URL.createObjectURL(await response.blob());
-    save(href, `${item.id}.zip`);
-    window.setTimeout(() => URL.revokeObjectURL(href), 60_000);
-    report(`${item.id}.zip saved`);
-  } catch (error) {
-    report(`download failed: ${error.message}`, true);
-  } finally {
-    $("download").disabled = false;
-  }
-}
-
 // ---------- start ----------
 async function start() {
   $("search").addEventListener("submit", search);
@@ -553,10 +417,10 @@ async function start() {
   $("compare").addEventListener("change", compare);
   $("swipe").addEventListener("input", placeSwipe);
   $("time").addEventListener("input", step);
-  $("sign-in").addEventListener("submit", signIn);
-  $("sign-out").addEventListener("click", signOut);
-  $("download").addEventListener("click", download);
-  if (state.token) signIn();
+  $("sign-in").addEventListener("submit", account.signIn);
+  $("sign-out").addEventListener("click", account.signOut);
+  $("download").addEventListener("click", account.download);
+  if (state.token) account.signIn();
   try {
     const { collections } = await getJson(apiUrl("collections"));
     for (const c of collections) state.collections.set(c.id, c);

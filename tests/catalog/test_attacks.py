@@ -26,7 +26,7 @@ def _write_routes(settings) -> list[tuple[str, str]]:
     from fastapi.routing import _IncludedRouter
     from starlette.routing import Mount
 
-    from catalog.app import create_app
+    from processing.cli import api_app
 
     found: list[tuple[str, str]] = []
 
@@ -50,7 +50,7 @@ def _write_routes(settings) -> list[tuple[str, str]]:
             else:
                 methods_of(route, prefix + getattr(route, "path", ""))
 
-    walk(create_app(settings).routes)
+    walk(api_app(settings).routes)  # the app as served: the catalog's and processing's routers
     return found
 
 
@@ -66,6 +66,7 @@ def test_every_write_route_needs_a_token(api, catalog_settings, operator_token):
     protected = [(m, p) for m, p in routes if not is_public_write(m, _concrete(p))]
     assert len(protected) >= 10, protected  # transactions, bulk items, mosaic registration …
     assert any("bulk_items" in p for _, p in protected) and any("register" in p for _, p in protected)
+    assert any(p.startswith("/processes/") for _, p in protected)  # routers added by processing are walked too
     for method, path in protected:
         url = api.url + _concrete(path)
         r = httpx.request(method, url, json={}, timeout=10)

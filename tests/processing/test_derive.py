@@ -304,17 +304,36 @@ def test_the_worker_tick_makes_an_l3a_whose_deadline_passed_once(box, season):
     assert tick(settings, today=date(2024, 4, 30)) == [], "made: nothing more to plan"
 
 
+def test_a_snow_map_after_a_hydrological_year_closes_it_with_its_scd(box, season):
+    """No SCD of 2023–2024 was asked for: the first snow map dated after 31 Aug 2024 + 15 days makes it."""
+    from ingest.generate import generate_l2a
+
+    settings, ingest, out = box
+    assert not [i for i in _items(settings, S2_SCD) if i["properties"]["datetime"].startswith("2023-09-01")]
+    autumn = generate_l2a(out / "autumn", TILE, date(2024, 9, 20), seed=SEED, size=SIZE, truth_dir=out / "truth")
+    _drop_and_drain(settings, ingest, [autumn])
+    year = [i for i in _items(settings, S2_SCD) if i["properties"]["datetime"].startswith("2023-09-01")]
+    assert len(year) == 1 and year[0]["properties"]["end_datetime"] == "2024-08-31T23:59:59Z"
+    snows = {s["id"]: s for s in _items(settings, S2_SNOW)}
+    assert _derived_from(year[0]) == {api_path("collections", S2_SNOW, "items", i) for i, s in snows.items()
+                                      if s["properties"]["datetime"] < "2024-09-16"}
+    assert len(_derived_from(year[0])) == len(DATES), "the autumn map is outside the year and its margin"
+
+
 def test_the_cli_makes_a_product_with_a_progress_bar_and_registers_a_dem(box, season):
     from tests.conftest import env_for, run_cli
 
     settings, _, _ = box
     made, dem = season
     env = env_for(settings)
-    done = run_cli("process", "scd", "--tile", "31TCH", "--year", "2023", env=env, timeout=300)
+    done = run_cli("process", "scd", "--tile", "31TCH", "--start", "2024-01-10", "--stop", "2024-03-20", env=env,
+                   timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "SCD of T31TCH 2023-09-01 – 2024-08-31: published LIS_S2-SNOW_T31TCH_20230901_20240831_V1-0" in done.stdout
-    year = [i for i in _items(settings, S2_SCD) if i["properties"]["datetime"].startswith("2023-09-01")]
-    assert len(year) == 1 and len(_derived_from(year[0])) == len(DATES)
+    assert "SCD of T31TCH 2024-01-10 – 2024-03-20: published LIS_S2-SNOW_T31TCH_20240110_20240320_V1-0" in done.stdout
+    period = [i for i in _items(settings, S2_SCD) if i["properties"]["datetime"].startswith("2024-01-10")]
+    assert len(period) == 1 and len(_derived_from(period[0])) == len(DATES)
+    year = run_cli("process", "scd", "--tile", "31TCH", "--year", "2023", "--queue", env=env)
+    assert year.returncode == 0 and "SCD of T31TCH 2023-09-01 – 2024-08-31: published" in year.stdout, year.stderr
     same = run_cli("process", "l3a", "--tile", "31TCH", "--month", "2024-01", env=env)
     assert same.returncode == 0 and "(already made from these inputs and parameters)" in same.stdout, same.stderr
     again = run_cli("process", "snow", "SENTINEL2A_20240101-104000-000_L2A_T31TCH_C_V1-0", env=env)
@@ -342,10 +361,10 @@ def test_a_replaced_dem_cascades_to_the_snow_maps_made_with_it_and_their_scds(bo
     scds = {s["id"]: s["properties"]["version"] for s in _items(settings, S2_SCD)}
     new = register_dem(settings, TILE, higher)
     assert new.outcome == "published" and new.superseded == old.item_id
-    assert len(on_dem_published(settings, TILE, new.superseded)) == len(DATES)
+    assert len(on_dem_published(settings, TILE, new.superseded)) == len(before)
     run_worker(create_queue(settings, ingest), once=True)
     after = _items(settings, S2_SNOW)
-    assert len(after) == len(DATES), "one current snow map per date"
+    assert len(after) == len(before), "one current snow map per date"
     new_link = api_path("collections", "dem", "items", new.item_id)
     for snow in after:
         assert new_link in _derived_from(snow)
@@ -422,6 +441,6 @@ def test_a_worker_killed_while_making_a_product_leaves_nothing_half_done(box, se
     assert done.status == "published", done
     assert [i["id"] for i in _items(settings, S2_SCD) if i["properties"]["datetime"].startswith("2024-01-01")] == [
         done.item_id]
-    product_dirs = list((settings.store_dir / S2_SCD / "31TCH" / "2024" / "01").iterdir())
+    product_dirs = list((settings.store_dir / S2_SCD / "31TCH" / "2024" / "01").glob(req.key + "_V*"))
     assert [d.name for d in product_dirs] == [done.item_id], "one product directory, complete"
     assert list(ingest.staging_dir(settings).glob("derive-*")) == [], "nothing left behind"

@@ -641,6 +641,7 @@ def run(api: str, query: Query, out: Path, options: DownloadOptions, auth: Token
     """Search, then fetch every file of every product with `options.parallel` workers; never raises for one
     product (its failure is in the report), raises DownloadError when the search itself cannot be done."""
     console = console or Console(stderr=True)
+    query.body()  # a bad option is reported before anything starts
     api = api.rstrip("/")
     out.mkdir(parents=True, exist_ok=True)
     report = Report()

@@ -41,4 +41,4 @@ bench: venv
 	$(BIN)/python -m bench.catalog_bench
 
 clean:
-	rm -rf $(VENV) .landsurf
+	rm -rf $(VENV) .landsurf $(VIEWER)/node_modules $(VIEWER)/static/vendor

@@ -1,6 +1,7 @@
 // landsurf web viewer: search the STAC API (POST /search, paged by its `next` links), show footprints on the map
-// and in a list, draw a selected product's tiles from the tiler (/raster) with its render parameters, and the
-// monthly L3A syntheses by month, two months side by side with a swipe. Everything comes from this origin.
+// and in a list, draw a selected product's tiles from the tiler (/raster) with its render parameters and legend,
+// step through the results in time, show the monthly L3A syntheses by month — two months side by side with a
+// swipe — and download a product (account.js). Everything comes from this origin.
 import { Map as MapLibre, NavigationControl, ScaleControl } from "./vendor/maplibre-gl.mjs";
 import { createAccount } from "./account.js";
 import { boundsOf, itemDate, rasterSource, renderOf } from "./render.js";

@@ -299,3 +299,70 @@ def test_rate_limits_and_a_refused_token_are_waited_out_and_refreshed(catalog_se
         assert _verified(out, published_items[:3]) == 6
     finally:
         server.stop()
+
+
+def test_a_file_server_without_range_sends_the_whole_file_and_it_is_still_verified(tmp_path):
+    """Python's http.server ignores Range (200 to a resume): the part is rewritten from byte 0, then verified."""
+    import functools
+    import os
+    from http.server import SimpleHTTPRequestHandler
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    www = tmp_path / "www"
+    www.mkdir()
+    data = os.urandom(300_000)
+    (www / "a.bin").write_bytes(data)
+    files = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(www)))
+    href = f"http://127.0.0.1:{files.server_address[1]}/a.bin"
+    checksum = "1220" + hashlib.sha256(data).hexdigest()
+    ForeignStac.items = [{"type": "Feature", "stac_version": "1.1.0", "id": "x1", "collection": "c", "geometry": None,
+                          "properties": {"datetime": "2024-06-01T00:00:00Z"}, "links": [],
+                          "assets": {"data": {"href": href, "file:checksum": checksum, "file:size": len(data)}}}]
+    stac = ThreadingHTTPServer(("127.0.0.1", 0), ForeignStac)
+    for server in (files, stac):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "o"
+        part = out / "c" / "x1" / "a.bin.part"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"not the start of the file" * 400)
+        (part.parent / "a.bin.part.json").write_text(json.dumps({"href": href, "checksum": checksum}))
+        report = run(f"http://127.0.0.1:{stac.server_address[1]}", Query(), out,
+                     DownloadOptions(progress=False, retries=1, backoff_s=0.05), TokenSource(),
+                     Console(file=open("/dev/null", "w")))
+    finally:
+        files.shutdown()
+        stac.shutdown()
+    assert not report.failed, report.summary()
+    assert (out / "c" / "x1" / "a.bin").read_bytes() == data and not part.exists()
+    assert report.bytes_received == len(data) and report.bytes_resumed == 10_000
+
+
+def test_query_options_checksums_and_client_side_filter():
+    from processing.download_client import DownloadError, parse_datetime, repr_digest
+
+    data = b"landsurf"
+    assert parse_checksum("1220" + hashlib.sha256(data).hexdigest()) == ("sha256", hashlib.sha256(data).hexdigest())
+    assert parse_checksum("1340" + hashlib.sha512(data).hexdigest())[0] == "sha512"
+    assert parse_checksum("d50110" + hashlib.md5(data).hexdigest()) == ("md5", hashlib.md5(data).hexdigest())
+    assert parse_checksum("1220abcd") is None and parse_checksum("zz") is None and parse_checksum(None) is None
+    assert repr_digest("sha-512=:AAAA:, sha-256=:" + __import__("base64").b64encode(
+        hashlib.sha256(data).digest()).decode() + ":") == ("sha256", hashlib.sha256(data).hexdigest())
+    assert parse_datetime("2024-06-03") == "2024-06-03T00:00:00Z/2024-06-03T23:59:59.999Z"
+    assert parse_datetime("../2024-06-30") == "../2024-06-30T23:59:59.999Z"
+    for bad in ("2024-13-01", "a/b/c"):
+        with pytest.raises(DownloadError):
+            parse_datetime(bad)
+    with pytest.raises(DownloadError, match="MGRS"):
+        Query(tiles=["31XYZW"]).body()
+    query = Query(tiles=["T31TCH"], max_cloud=20)
+    assert query.body()["filter"]["args"][1]["args"][1] == ["MGRS-31TCH"]
+    keep = {"properties": {"eo:cloud_cover": 10, "mgrs:utm_zone": 31, "mgrs:latitude_band": "T",
+                           "mgrs:grid_square": "CH"}}
+    assert query.matches(keep)
+    assert not query.matches({"properties": {**keep["properties"], "eo:cloud_cover": 30}})
+    assert not query.matches({"properties": {"grid:code": "MGRS-31TDH"}})
+    assert query.matches({"properties": {"s2:mgrs_tile": "31TCH"}})

@@ -558,7 +558,8 @@ def _process(req, queue: bool) -> None:
         def progress(stage: str, done: int, total: int) -> None:
             bar.update(task, description=f"{req.describe()}: {stage}", completed=done, total=total)
 
-        outcome = run_request(settings, req, progress=progress)
+        outcome = run_request(settings, req, progress=progress, waiting=lambda: bar.update(
+            task, description=f"{req.describe()}: waiting for another run of it (a worker?)"))
     detail = f" ({outcome.reason})" if outcome.reason else ""
     out.print(f"{req.describe()}: {outcome.status} {outcome.item_id} in {outcome.collection}{detail}",
               highlight=False)

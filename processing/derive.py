@@ -19,10 +19,14 @@ import hashlib
 import json
 import re
 import shutil
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
+
+import psycopg
 
 from catalog import __version__
 from catalog.collections import S2_L3A, S2_SCD, S2_SNOW
@@ -309,7 +313,7 @@ def _record_quietly(settings: CatalogSettings, job_id: int | None, req: DerivedR
     """`record`, when the database answers: a status left behind is corrected by `request_status` from the queue."""
     try:
         record(settings, job_id, req, status=status, item_id=item_id, collection=collection, reason=reason)
-    except DatabaseError as exc:
+    except (DatabaseError, psycopg.OperationalError) as exc:
         log.warning("job status not recorded", job=job_id, status=status, error=str(exc)[:300])
 
 
@@ -323,15 +327,54 @@ def inputs_hash(input_ids: list[str], params_hash: str, software: str = __versio
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+LOCK_POLL_S = 1.0
+LOCK_WAIT_S = 6 * 3600.0  # far longer than any product takes to make
+
+
+@contextmanager
+def product_lock(settings: CatalogSettings, key: str, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """One run of a product at a time, wherever it runs (a worker's job, `landsurf process` in a shell): a session
+    advisory lock on the request key, held on its own connection for the run (released if the process dies)."""
+    from catalog.database import connect, resolve_urls
+
+    conn = connect(resolve_urls(settings).ingest, settings)
+    try:
+        started = time.monotonic()
+        told = False
+        while not conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 1))", (key,)).fetchone()[0]:
+            if time.monotonic() - started > LOCK_WAIT_S:
+                raise TransientDeriveError(f"another run of {key} has held it for {LOCK_WAIT_S / 3600:g} h",
+                                           "the job is retried; check for a stuck worker")
+            if waiting is not None and not told:
+                waiting()
+                told = True
+            time.sleep(LOCK_POLL_S)
+        yield
+    finally:
+        conn.close()  # releases the lock
+
+
 def run_request(settings: CatalogSettings, req: DerivedRequest, *, job_id: int | None = None,
-                progress: Callable[[str, int, int], None] | None = None, plan: bool = True) -> RequestOutcome:
+                progress: Callable[[str, int, int], None] | None = None, plan: bool = True,
+                waiting: Callable[[], None] | None = None) -> RequestOutcome:
     """Make the product now (in this process), unless the current one already has these inputs and parameters.
+    Another run of the same product (a job, another shell) is waited for first (`waiting()` is told once).
 
     Raises `DeriveInputError` (inputs missing: not retried) or `TransientDeriveError` (retry later)."""
+    req = req.validate()
+    try:
+        with product_lock(settings, req.key, waiting):
+            return _run(settings, req, job_id, progress, plan)
+    except (DatabaseError, psycopg.OperationalError) as exc:  # the lock's connection (the run converts its own)
+        _record_quietly(settings, job_id, req, "queued", f"retrying after: {exc.problem}")
+        raise TransientDeriveError(f"{req.describe()}: {exc}", "the job is retried with backoff") from exc
+
+
+def _run(settings: CatalogSettings, req: DerivedRequest, job_id: int | None,
+         progress: Callable[[str, int, int], None] | None, plan: bool) -> RequestOutcome:
     from ingest.settings import IngestSettings
     from processing import publish_derived as pd
 
-    req = req.validate()
     # a job's staging is named after it: its retry first removes what a killed attempt left (as ingest does)
     name = f"derive-job-{job_id}" if job_id is not None else f"derive-{uuid.uuid4().hex[:16]}"
     staging = IngestSettings.staging_dir(settings) / name
@@ -350,7 +393,7 @@ def run_request(settings: CatalogSettings, req: DerivedRequest, *, job_id: int |
                 return outcome
             version = pd.next_version(settings, req)
             published = pd.make_and_publish(settings, req, inputs, signature, version, staging, progress)
-        except (DatabaseError, OSError) as exc:
+        except (DatabaseError, OSError, psycopg.OperationalError) as exc:  # system faults: database, disk
             raise TransientDeriveError(f"{req.describe()}: {exc}", "the job is retried with backoff") from exc
     except TransientDeriveError as exc:
         _record_quietly(settings, job_id, req, "queued", f"retrying after: {exc.problem}")

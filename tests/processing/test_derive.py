@@ -261,6 +261,26 @@ def test_run_request_makes_nothing_when_the_inputs_are_unchanged(box, season):
     assert {i["id"] for i in _items(settings, S2_SNOW + "-history")} == before
 
 
+def test_one_run_of_a_product_at_a_time_wherever_it_runs(box, season):
+    """A shell's `landsurf process` and a worker's job of the same product never run at once: the second waits."""
+    import threading
+
+    from processing.derive import DerivedRequest, product_lock, run_request
+
+    settings, _, _ = box
+    made, _ = season
+    req = DerivedRequest("snow", l2a_id=made[0].product_id)
+    told, results = threading.Event(), []
+    with product_lock(settings, req.key):
+        runner = threading.Thread(target=lambda: results.append(run_request(settings, req, waiting=told.set)))
+        runner.start()
+        assert told.wait(15), "the second run was told it waits"
+        time.sleep(0.5)
+        assert runner.is_alive() and results == []
+    runner.join(60)
+    assert results and results[0].status == "published"
+
+
 @pytest.mark.parametrize("args, what", [
     (dict(kind="ndvi", tile="31TCH"), "unknown product kind"),
     (dict(kind="l3a", tile="31TCH", month="2024-13"), "not YYYY-MM"),

@@ -158,8 +158,8 @@ def test_downloads_need_a_token_when_configured_search_and_tiles_do_not(catalog_
     assert httpx.head(bundle, headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert httpx.head(href, headers={"Authorization": f"Bearer {operator_token}"}).status_code == 200
     for bad, why in (("lsu_invented", "unknown or revoked"), (token[:-1] + "x", "unknown or revoked")):
-        r = httpx.head(href, headers={"Authorization": f"Bearer {bad}"})
-        assert r.status_code == 401
+        r = httpx.get(href, headers={"Authorization": f"Bearer {bad}"})
+        assert r.status_code == 401 and why in r.json()["description"]
     r = httpx.get(href, headers={"Authorization": "Basic abc"})
     assert r.status_code == 401 and "Bearer" in r.json()["description"]
 

@@ -130,14 +130,21 @@ def on_l2a_published(settings: CatalogSettings, outcome) -> list[int]:
 
 
 def on_dem_published(settings: CatalogSettings, tile: str, superseded: str | None) -> list[int]:
-    """A DEM replaced: the snow maps made with the old one are made again (those without one stay as they are
-    until asked: a pass-1-only map is not wrong, it is the documented mode)."""
-    if not superseded or not _enabled():
+    """A DEM registered: the snow maps made with the one it replaces, and those made in pass-1-only mode (no DEM,
+    or one that did not cover them), are asked for again (a run whose inputs did not change makes nothing)."""
+    if not _enabled():
         return []
     from processing.derive import normalise_tile
 
     tile = normalise_tile(tile)
-    return queue_requests(settings, dependants(settings, DEM, superseded, tile), f"DEM of T{tile} replaced")
+    requests = dependants(settings, DEM, superseded, tile) if superseded else []
+    with session(settings, "ingest") as conn:
+        rows = conn.execute(
+            "SELECT content->'properties'->'landsurf:request' FROM pgstac.items WHERE collection = %s "
+            "AND content->'properties'->>'grid:code' = %s AND (content->'properties'->>'landsurf:pass1_only')::boolean",
+            (S2_SNOW, f"MGRS-{tile}")).fetchall()
+    requests += [DerivedRequest.from_args(args) for (args,) in rows if args]
+    return queue_requests(settings, requests, f"DEM of T{tile} registered")
 
 
 def after_derived(settings: CatalogSettings, req: DerivedRequest, item_id: str) -> list[int]:

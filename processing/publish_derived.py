@@ -51,6 +51,7 @@ class Inputs:
     params: Any
     params_hash: str
     dem: InputItem | None = None
+    note: str | None = None  # why an input one might expect is not used (a DEM that does not cover the product)
 
     @property
     def ids(self) -> list[str]:
@@ -81,6 +82,18 @@ def current_dem_item(settings: CatalogSettings, tile: str) -> InputItem | None:
     return dems[-1] if dems else None
 
 
+def _dem_covers(dem: InputItem, l2a: InputItem) -> bool:
+    """Does the DEM lie on the product's 20 m grid and cover it (a registered DEM may be an aligned part only)?"""
+    from processing.raster_io import RasterInputError
+    from processing.snow import dem_window
+
+    try:
+        dem_window(dem.files["DEM"], grid_of(l2a.files["CLM_R2"], "CLM_R2"))
+    except (RasterInputError, KeyError):
+        return False
+    return True
+
+
 def _day(d: date) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
 
@@ -97,7 +110,11 @@ def resolve_inputs(settings: CatalogSettings, req: DerivedRequest) -> Inputs:
             raise DeriveInputError(f"no current L2A of T{tile} acquired {when:%Y-%m-%d %H:%M:%S} is published "
                                    f"(asked for {req.l2a_id})", "ingest the L2A first")
         params = SnowParams.load()
-        return Inputs(l2as[:1], params, params.version, current_dem_item(settings, tile))
+        dem, note = current_dem_item(settings, tile), None
+        if dem is not None and not _dem_covers(dem, l2as[0]):
+            note = f"the DEM {dem.id} does not cover this product: pass 1 only"
+            dem = None  # the documented pass-1-only mode, said in the item, rather than no snow map at all
+        return Inputs(l2as[:1], params, params.version, dem, note)
     if req.kind == "l3a":
         from processing.l3a import REQUIRED, L3AParams, window
 
@@ -258,7 +275,8 @@ def make_and_publish(settings: CatalogSettings, req: DerivedRequest, inputs: Inp
                     if k in l2a.properties},
                  **_common(req, inputs, signature, version, "L2B",
                            f"LIS-like snow map of {l2a.id}, {mode}"
-                           + (f", DEM {inputs.dem.id}" if inputs.dem else ""), product.grid, "snow"),
+                           + (f", DEM {inputs.dem.id}" if inputs.dem else "")
+                           + (f" ({inputs.note})" if inputs.note else ""), product.grid, "snow"),
                  "eo:snow_cover": product.snow_percent, "eo:cloud_cover": product.cloud_percent,
                  "landsurf:zs": product.zs, "landsurf:pass1_only": product.pass1_only,
                  "landsurf:pass2": product.pass2, "renders": colormaps.renders("snow")}

@@ -362,9 +362,25 @@ def test_the_cli_makes_a_product_with_a_progress_bar_and_registers_a_dem(box, se
     assert dup.returncode == 0 and dup.stdout.startswith(f"duplicate {dem.item_id}"), dup.stderr
 
 
+def _bumped(before: dict[str, str], after: list[dict]) -> bool:
+    """Every product of `before` is current in `after` one minor version higher."""
+    now = {i["id"].rsplit("_V", 1)[0]: i["properties"]["version"] for i in after}
+    if len(now) != len(before):
+        return False
+    for item_id, version in before.items():
+        major, minor = version.split(".")
+        if now.get(item_id.rsplit("_V", 1)[0]) != f"{major}.{int(minor) + 1}":
+            return False
+    return True
+
+
 def test_a_replaced_dem_cascades_to_the_snow_maps_made_with_it_and_their_scds(box, season, tmp_path):
+    """A DEM that covers only part of the products replaces the tile's: the snow maps made with the old one are
+    made again, in the documented pass-1-only mode (said in the item); a covering DEM then brings them back to
+    passes 1 and 2. Each time the SCDs they feed follow, and the cascade ends."""
     import numpy as np
     import rasterio
+    from rasterio.windows import Window
 
     from processing.dem import register_dem
     from processing.plan import on_dem_published
@@ -374,28 +390,32 @@ def test_a_replaced_dem_cascades_to_the_snow_maps_made_with_it_and_their_scds(bo
     made, old = season
     with rasterio.open(made[0].dem_path) as ds:
         heights, profile = ds.read(1), ds.profile
-    higher = tmp_path / "T31TCH_ALT_R2_v2.tif"
+        part_profile = profile | {"width": 32, "height": 32, "transform": ds.window_transform(Window(0, 0, 32, 32))}
+    part, higher = tmp_path / "T31TCH_ALT_part.tif", tmp_path / "T31TCH_ALT_R2_v2.tif"
+    with rasterio.open(part, "w", **part_profile) as ds:
+        ds.write(heights[:32, :32], 1)
     with rasterio.open(higher, "w", **profile) as ds:
         ds.write(np.where(heights == -32768, heights, heights + 50).astype(np.int16), 1)
-    before = {s["id"]: s["properties"]["version"] for s in _items(settings, S2_SNOW)}
-    scds = {s["id"]: s["properties"]["version"] for s in _items(settings, S2_SCD)}
-    new = register_dem(settings, TILE, higher)
-    assert new.outcome == "published" and new.superseded == old.item_id
-    assert len(on_dem_published(settings, TILE, new.superseded)) == len(before)
-    run_worker(create_queue(settings, ingest), once=True)
-    after = _items(settings, S2_SNOW)
-    assert len(after) == len(before), "one current snow map per date"
-    new_link = api_path("collections", "dem", "items", new.item_id)
-    for snow in after:
-        assert new_link in _derived_from(snow)
-        previous = next(v for i, v in before.items() if i.rsplit("_V", 1)[0] == snow["id"].rsplit("_V", 1)[0])
-        major, minor = previous.split(".")
-        assert snow["properties"]["version"] == f"{major}.{int(minor) + 1}"
-    now = {s["id"].rsplit("_V", 1)[0]: s["properties"]["version"] for s in _items(settings, S2_SCD)}
-    assert len(now) == len(scds) and all(now[i.rsplit("_V", 1)[0]] > v for i, v in scds.items()), (now, scds)
-    with session(settings) as conn:
-        assert conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
-                            ).fetchone()[0] == 0
+
+    def versions(collection: str) -> dict[str, str]:
+        return {i["id"]: i["properties"]["version"] for i in _items(settings, collection)}
+
+    for dem_file, covers in ((part, False), (higher, True)):
+        snows, scds = versions(S2_SNOW), versions(S2_SCD)
+        dem = register_dem(settings, TILE, dem_file)
+        assert dem.outcome == "published" and dem.superseded is not None
+        assert len(on_dem_published(settings, TILE, dem.superseded)) == len(snows)
+        run_worker(create_queue(settings, ingest), once=True)
+        after = _items(settings, S2_SNOW)
+        assert _bumped(snows, after), (snows, [(i["id"], i["properties"]["version"]) for i in after])
+        link = api_path("collections", "dem", "items", dem.item_id)
+        for snow in after:
+            assert (link in _derived_from(snow)) is covers and snow["properties"]["landsurf:pass1_only"] is not covers
+            assert ("does not cover this product: pass 1 only" in snow["properties"]["processing:lineage"]) is not covers
+        assert _bumped(scds, _items(settings, S2_SCD))
+        with session(settings) as conn:
+            assert conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+                                ).fetchone()[0] == 0
 
 
 def test_staging_left_by_a_killed_job_is_removed_after_a_day(tmp_path):

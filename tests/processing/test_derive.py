@@ -230,7 +230,8 @@ def test_derived_items_pass_the_offline_stac_schemas_as_served(box, season):
     from tests.conftest import ApiServer
 
     settings, _, _ = box
-    stored = [i for c in (S2_SNOW, S2_L3A, S2_SCD, "dem") for i in _items(settings, c) + _items(settings, c + "-history")]
+    stored = [i for c in (S2_SNOW, S2_L3A, S2_SCD, "dem")
+              for i in _items(settings, c) + _items(settings, c + "-history")]
     assert {i["collection"] for i in stored} == {S2_SNOW, S2_L3A, S2_SCD, "dem", S2_SNOW + "-history",
                                                  S2_L3A + "-history", S2_SCD + "-history"}
     server = ApiServer(settings, settings.port).start()
@@ -411,7 +412,8 @@ def test_a_replaced_dem_cascades_to_the_snow_maps_made_with_it_and_their_scds(bo
         link = api_path("collections", "dem", "items", dem.item_id)
         for snow in after:
             assert (link in _derived_from(snow)) is covers and snow["properties"]["landsurf:pass1_only"] is not covers
-            assert ("does not cover this product: pass 1 only" in snow["properties"]["processing:lineage"]) is not covers
+            lineage = snow["properties"]["processing:lineage"]
+            assert ("does not cover this product: pass 1 only" in lineage) is not covers
         assert _bumped(scds, _items(settings, S2_SCD))
         with session(settings) as conn:
             assert conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"

@@ -184,14 +184,16 @@ def _tiler_pool(url: str, settings: CatalogSettings, *, read_only: bool, min_siz
     )
 
 
-def create_app(settings: CatalogSettings | None = None, routers: Sequence[APIRouter] = ()) -> FastAPI:
+def create_app(settings: CatalogSettings | None = None, routers: Sequence[APIRouter] = (),
+               colormaps: Any = None) -> FastAPI:
     """Build the whole API from settings. `routers` are added by the caller (the processes API lives in
     `processing`, which catalog may not import), behind the same guards and limits; a router's
-    `conformance_classes` attribute, if any, joins the API's conformance."""
+    `conformance_classes` attribute, if any, joins the API's conformance. `colormaps` (a rio-tiler `ColorMaps`)
+    are the names the tiler's `colormap_name` accepts: the products' palettes come from processing too."""
     settings = settings or CatalogSettings()
     urls = resolve_urls(settings)
     store = AssetStore.from_settings(settings)
-    tiler = create_tiler_app(store, settings)
+    tiler = create_tiler_app(store, settings, colormaps)
     add_error_handlers(tiler)
     metrics = Metrics()
 

@@ -35,6 +35,7 @@ from pydantic import ValidationError  # noqa: E402
 from starlette.routing import NoMatchFound  # noqa: E402
 from starlette.templating import Jinja2Templates  # noqa: E402
 from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
+from titiler.core.dependencies import create_colormap_dependency  # noqa: E402
 from titiler.core.errors import DEFAULT_STATUS_CODES, add_exception_handlers  # noqa: E402
 from titiler.core.factory import AlgorithmFactory, ColorMapFactory, MultiBaseTilerFactory, TMSFactory  # noqa: E402
 from titiler.core.middleware import CacheControlMiddleware  # noqa: E402
@@ -49,6 +50,8 @@ from titiler.pgstac.factory import MosaicTilerFactory  # noqa: E402
 from titiler.pgstac.reader import PgSTACReader, SimpleSTACReader  # noqa: E402
 
 from rio_tiler import errors as rt  # noqa: E402
+from rio_tiler.colormap import ColorMaps  # noqa: E402
+from rio_tiler.colormap import cmap as default_colormaps  # noqa: E402
 
 from catalog.auth import require_role  # noqa: E402
 from catalog.errors import BadRequest, NotFound  # noqa: E402
@@ -243,8 +246,12 @@ def _register_route(app: FastAPI, searches: MosaicTilerFactory) -> None:
                            context=model.Context(returned=len(searches_out), limit=limit, matched=total))
 
 
-def create_tiler_app(store: AssetStore, settings: CatalogSettings) -> FastAPI:
-    """The /raster sub-application: item tiles, search and collection mosaics, TMS, colormaps."""
+def create_tiler_app(store: AssetStore, settings: CatalogSettings, colormaps: ColorMaps | None = None) -> FastAPI:
+    """The /raster sub-application: item tiles, search and collection mosaics, TMS, colormaps. `colormaps`
+    (rio-tiler's by default) is what `colormap_name` may name: the products' own palettes are given by the caller
+    (processing.colormaps), which catalog may not import."""
+    colormaps = colormaps or default_colormaps
+    colormap_dependency = create_colormap_dependency(colormaps)
     item_reader, mosaic_reader = _store_readers(store)
     app = FastAPI(title="landsurf tiles", openapi_url="/api", docs_url="/api.html")
     # titiler's map without its catch-all `Exception: 500`: an unexpected error is not a status to hide
@@ -268,7 +275,7 @@ def create_tiler_app(store: AssetStore, settings: CatalogSettings) -> FastAPI:
     mosaic_kwargs = dict(
         dataset_reader=mosaic_reader, add_statistics=True, add_viewer=True, add_part=True,
         extensions=[searchInfoExtension(), wmtsExtensionMosaic()], templates=TEMPLATES,
-        environment_dependency=gdal_env,
+        environment_dependency=gdal_env, colormap_dependency=colormap_dependency,
     )
     searches = MosaicTilerFactory(path_dependency=SearchIdParams, router_prefix="/searches/{search_id}",
                                   **mosaic_kwargs)
@@ -284,13 +291,13 @@ def create_tiler_app(store: AssetStore, settings: CatalogSettings) -> FastAPI:
         reader=item_reader, path_dependency=_item_dependency(),
         router_prefix="/collections/{collection_id}/items/{item_id}", add_viewer=True,
         extensions=[wmtsExtension(), stacRenderExtension()], templates=TEMPLATES,
-        environment_dependency=gdal_env,
+        environment_dependency=gdal_env, colormap_dependency=colormap_dependency,
     )
     app.include_router(item.router, tags=["Item"], prefix="/collections/{collection_id}/items/{item_id}")
 
     app.include_router(TMSFactory(templates=TEMPLATES).router, tags=["Tiling schemes"])
     app.include_router(AlgorithmFactory(templates=TEMPLATES).router, tags=["Algorithms"])
-    app.include_router(ColorMapFactory(templates=TEMPLATES).router, tags=["Colormaps"])
+    app.include_router(ColorMapFactory(templates=TEMPLATES, supported_colormaps=colormaps).router, tags=["Colormaps"])
 
     @app.get("/healthz", tags=["Health"])
     def healthz() -> dict[str, str]:

@@ -339,12 +339,14 @@ def serve(host: Optional[str] = typer.Option(None, help="Address to listen on [L
 
 
 def api_app(settings: CatalogSettings | None = None):
-    """The served app: the catalog's, with the routers of `processing` (OGC API – Processes) added."""
+    """The served app: the catalog's, with the routers of `processing` (OGC API – Processes) and the products'
+    colormaps (snow, snow-cover duration) added."""
     from catalog.app import create_app
+    from processing.colormaps import tiler_colormaps
     from processing.processes_api import processes_router
 
     settings = settings or CatalogSettings()
-    return create_app(settings, routers=[processes_router(settings)])
+    return create_app(settings, routers=[processes_router(settings)], colormaps=tiler_colormaps())
 
 
 @app.command("demo")

@@ -116,3 +116,24 @@ def test_tile_requests_are_measured_per_route_template(api, published_items, til
     assert ('route="/raster/collections/{collection_id}/items/{item_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}"'
             in text), [ln for ln in text.splitlines() if "raster" in ln][:5]
     assert item["id"] not in text  # labels are templates, not ids
+
+
+def test_the_products_colormaps_are_named_by_the_tiler(api, published_items, tile_of):
+    """The snow and snow-cover-duration palettes that derived items name in their `renders` are known to the
+    tiler (given by processing to the app factory), beside rio-tiler's own."""
+    from processing.colormaps import SCD_COLORMAP, SNOW_COLORMAP, snow_colormap
+
+    names = {c["id"] for c in httpx.get(f"{api.url}/raster/colorMaps", timeout=30).json()["colormaps"]}
+    assert {SNOW_COLORMAP, SCD_COLORMAP, "viridis"} <= names
+    item = min(published_items, key=lambda i: i["properties"]["eo:cloud_cover"])
+    base = f"{api.url}/raster/collections/{S2_L2A}/items/{item['id']}/tiles/WebMercatorQuad/{tile_of(item)}.png"
+    # a mask drawn with the snow palette: every opaque pixel has one of its colours (CLM 0 → "no snow")
+    r = httpx.get(base, params={"assets": "CLM_R2", "colormap_name": SNOW_COLORMAP}, timeout=30)
+    assert r.status_code == 200, r.text
+    rgb, alpha = _decode_png(r.content)
+    seen = {tuple(int(v) for v in rgb[:, i, j]) for i, j in zip(*np.nonzero(alpha))}
+    palette = {tuple(c[:3]) for c in snow_colormap().values()}
+    assert seen and seen <= palette, seen - palette
+    assert tuple(snow_colormap()[0][:3]) in seen
+    r = httpx.get(base, params={"assets": "CLM_R2", "colormap_name": "landsurf_nothing"}, timeout=30)
+    assert r.status_code in (400, 422)

@@ -188,7 +188,7 @@ def create_app(settings: CatalogSettings | None = None, routers: Sequence[APIRou
                colormaps: Any = None) -> FastAPI:
     """Build the whole API from settings. `routers` are added by the caller (the processes API lives in
     `processing`, which catalog may not import), behind the same guards and limits; a router's
-    `conformance_classes` attribute, if any, joins the API's conformance. `colormaps` (a rio-tiler `ColorMaps`)
+    `conformance_classes` attribute, if any, joins the API's conformance, its `landing_links` the landing page. `colormaps` (a rio-tiler `ColorMaps`)
     are the names the tiler's `colormap_name` accepts: the products' palettes come from processing too."""
     settings = settings or CatalogSettings()
     urls = resolve_urls(settings)
@@ -252,6 +252,8 @@ def create_app(settings: CatalogSettings | None = None, routers: Sequence[APIRou
         extra = list(getattr(router, "conformance_classes", ()))
         if extra:  # a new list: stac-fastapi's default is a module-level one
             api.client.base_conformance_classes = [*api.client.base_conformance_classes, *extra]
+        api.client.extra_landing_links = (*api.client.extra_landing_links,
+                                          *getattr(router, "landing_links", ()))
     for documented in (app, tiler):
         complete_path_parameters(documented)
         serve_with_public_servers(documented)

@@ -170,6 +170,9 @@ class LandsurfClient(CoreCrudClient):
     def stac_version(self, value: str) -> None:
         pass
 
+    # (rel, media type, title, path) of routes added by the caller's routers (OGC API – Processes)
+    extra_landing_links: tuple[tuple[str, str, str, str], ...] = ()
+
     def conformance_classes(self) -> list[str]:
         return sorted(set(super().conformance_classes()) | set(EXTRA_CONFORMANCE))
 
@@ -179,6 +182,8 @@ class LandsurfClient(CoreCrudClient):
         page["links"] += tiles_api_links(base)
         page["links"].append({"rel": "alternate", "type": "text/html", "title": "Web viewer",
                               "href": f"{base.rstrip('/')}/viewer/"})
+        page["links"] += [{"rel": rel, "type": media, "title": title, "href": f"{base.rstrip('/')}{path}"}
+                          for rel, media, title, path in self.extra_landing_links]
         return _finish(page, JSONResponse)
 
     async def _search_base(self, search_request, request):  # type: ignore[override]

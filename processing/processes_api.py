@@ -490,6 +490,12 @@ def processes_router(settings: CatalogSettings, bounds: ProcessesSettings | None
     jobs = Jobs(settings, bounds)
     router = APIRouter(tags=["Processes"])
     router.conformance_classes = CONFORMANCE  # type: ignore[attr-defined]
+    router.landing_links = (  # type: ignore[attr-defined]  # what OGC API – Processes Core asks of the landing page
+        ("http://www.opengis.net/def/rel/ogc/1.0/processes", "application/json", "Processes (OGC API – Processes)",
+         "/processes"),
+        ("http://www.opengis.net/def/rel/ogc/1.0/job-list", "application/json", "Jobs (OGC API – Processes)",
+         "/jobs"),
+    )
     warm_up()
 
     @router.get("/processes", summary="The processes offered")

@@ -69,6 +69,10 @@ def test_processes_are_listed_and_described(api):
     assert snow.inputs["l2a_id"].var_schema.actual_instance.max_length == 128
     assert "item" in snow.outputs
     assert OGC_CORE in client.get_conformance_classes().conforms_to
+    # the landing page leads to the processes and the jobs, at this server's public URL
+    links = {ln["rel"]: ln["href"] for ln in httpx.get(api.url + "/", timeout=30).json()["links"]}
+    assert links["http://www.opengis.net/def/rel/ogc/1.0/processes"] == api.url + "/processes"
+    assert links["http://www.opengis.net/def/rel/ogc/1.0/job-list"] == api.url + "/jobs"
     with pytest.raises(ApiException) as missing:
         client.get_process_description("nope")
     assert missing.value.status == 404

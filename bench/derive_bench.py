@@ -1,6 +1,6 @@
 """On-demand request for a product already made: `processing.derive.request_product` must answer at once.
 
-    flock /work/notes/bench.lock .venv/bin/python -m bench.derive_bench           # recorded run
+    .venv/bin/python -m bench.derive_bench           # recorded run
     .venv/bin/python -m bench.derive_bench --requests 50 --no-write                  # a quick look
 
 A private embedded catalog (temporary home) gets a few synthetic L2As of tile 31TCH through the real pipeline, their
@@ -86,7 +86,7 @@ def main() -> None:
             assert again.job_id == first.job_id
         result = {
             "benchmark": "derive.request_product",
-            "command": "flock /work/notes/bench.lock .venv/bin/python -m bench.derive_bench"
+            "command": ".venv/bin/python -m bench.derive_bench"
                        + (f" --requests {args.requests}" if args.requests != 300 else ""),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]},

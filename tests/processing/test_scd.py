@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from hypothesis import given, settings as hsettings, strategies as st
 from rio_cogeo.cogeo import cog_validate
 
@@ -22,7 +23,7 @@ from ingest.generate import generate_l2a
 from ingest.synthetic.grid import tile_grid
 from ingest.synthetic.landscape import build_landscape, surface_classes
 from ingest.synthetic.spectra import SNOW_CLASSES
-from processing.raster_io import RasterInputError
+from processing.raster_io import Grid, RasterInputError, write_cog
 from processing.scd import (OUTPUTS, ScdParams, daily_snow, hydrological_year, scd, scd_arrays, scd_product_id,
                             select_inputs)
 from processing.settings import ProcessingSettings
@@ -122,6 +123,24 @@ def test_written_files(season):
     assert not season.out["SOD"][short].any() and not season.out["SMOD"][short].any()
     snowy = season.out["SCD"] > 0
     assert (season.out["NSP"][snowy] >= 1).all() and not season.out["NSP"][~snowy].any()
+
+
+def test_own_overviews_are_the_drivers_pixels_at_every_level(tmp_path):
+    # the SCD hands its nearest overviews to the COG driver; they must be the very pixels the driver would pick
+    rng = np.random.default_rng(3)
+    array = rng.integers(0, 400, (1100, 1300), dtype=np.uint16)  # odd halvings: 550×650, 275×325
+    grid = Grid(1300, 1100, Affine(20, 0, 300000, 0, -20, 4800000), "EPSG:32631")
+    theirs = write_cog(tmp_path / "theirs.tif", array, grid, "SCD")
+    ours = write_cog(tmp_path / "ours.tif", array, grid, "SCD", own_overviews=True, level=1, description="d")
+    assert cog_validate(str(ours.path), quiet=True)[0] and ours.checksum == multihash(ours.path)
+    with rasterio.open(theirs.path) as a, rasterio.open(ours.path) as b:
+        assert a.overviews(1) == b.overviews(1) == [2, 4] and b.descriptions == ("d",)
+        assert np.array_equal(a.read(1), b.read(1)) and np.array_equal(b.read(1), array)
+    for level in range(2):
+        with rasterio.open(theirs.path, overview_level=level) as a, rasterio.open(ours.path, overview_level=level) as b:
+            assert a.shape == b.shape and np.array_equal(a.read(1), b.read(1))
+    with pytest.raises(ValueError, match="averaged"):
+        write_cog(tmp_path / "fre.tif", array.astype(np.int16), grid, "FRE_B2", own_overviews=True)
 
 
 def test_dask_cluster_gives_the_in_process_answer(season, tmp_path):

@@ -47,6 +47,7 @@ from catalog.settings import CatalogSettings
 from catalog.stac import LandsurfClient
 from catalog.transactions import landsurf_extensions
 from catalog.store import DOWNLOAD_PREFIX, AssetStore
+from catalog.subscriptions import subscriptions_router
 from catalog.tiles import MountedRootPath, create_tiler_app
 from catalog.users import TokenCache, add_user_routes
 from catalog.viewer import is_built as viewer_built, viewer_mount
@@ -272,6 +273,7 @@ def create_app(settings: CatalogSettings | None = None, routers: Sequence[APIRou
     downloads = Downloads(store, settings, TokenCache(ttl=settings.token_cache_s), metrics.registry)
     download_routes = add_download_routes(app, downloads)
     add_user_routes(app, downloads.tokens, settings.pool_timeout_s)
+    app.include_router(subscriptions_router(settings))
     operator = Depends(require_role("operator"))
 
     @app.get("/health", tags=["Health"])

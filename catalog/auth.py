@@ -3,8 +3,8 @@
 Tokens are created by an operator, stored hashed, and carry a role:
 - `admin`: every write (STAC transactions, registering mosaic searches) and every operator view;
 - `operator`: the operator views (`/deliveries`, `/metrics`) — production health, no writes;
-- `user`: the writes listed on `ROLE_WRITES` (asking for a derived product through the processes API), nothing
-  else; admin tokens may make them too.
+- `user`: the writes listed on `ROLE_WRITES` (asking for a derived product through the processes API, saving and
+  deleting subscriptions), nothing else; admin tokens may make them too.
 
 `WriteGuard` sits in front of the whole application, the mounted tiler included: any request whose
 method is not GET, HEAD or OPTIONS needs an admin token unless its route is on `PUBLIC_WRITES`, one
@@ -73,6 +73,9 @@ ROLE_WRITES: tuple[tuple[PublicWrite, str], ...] = (
                  "ask for a derived product (OGC API – Processes, processing/processes_api.py)"), "user"),
     (PublicWrite("DELETE", _route("/jobs/{job_id}"), "dismiss one's own processing job (the route checks the owner)"),
      "user"),
+    (PublicWrite("POST", _route("/subscriptions"), "save a search as an Atom feed (catalog/subscriptions.py)"), "user"),
+    (PublicWrite("DELETE", _route("/subscriptions/{subscription_id}"),
+                 "delete one's own subscription (the route checks the owner)"), "user"),
 )
 
 

@@ -274,6 +274,8 @@ QUERYABLES: dict[str, Any] = {
         "platform": {"title": "Platform", "type": "string"},
         "version": {"title": "Product version", "type": "string"},
         "processing:version": {"title": "Processing version", "type": "string"},
+        # when the product's metadata was written, just before publication: what subscription feeds follow
+        "updated": {"title": "Metadata updated", "type": "string", "format": "date-time"},
     },
 }
 INDEXED = ["eo:cloud_cover", "grid:code", "platform"]

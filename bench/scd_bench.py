@@ -126,7 +126,7 @@ def run_phase(phase: str, workers: int, size: int, count: int) -> dict:
     """One measured phase in this (client) process, on its own LocalCluster of `workers` processes."""
     from distributed import Client, LocalCluster
 
-    from processing.raster_io import same_grids
+    from processing.raster_io import same_grids, untrimmed_workers
     from processing.scd import ScdParams, _day_groups, compute_chunks, scd, select_inputs
     from processing.settings import ProcessingSettings
 
@@ -134,8 +134,9 @@ def run_phase(phase: str, workers: int, size: int, count: int) -> dict:
     params = ScdParams.load()
     out = DATA / str(size) / f"out-{os.getpid()}"
     t0 = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      env={"GDAL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}) as cluster, \
+    with untrimmed_workers(), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=":0",
+                                           env={"GDAL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}) as cluster, \
             Client(cluster) as warm:
         warm.run(_warm)
         cluster_s = time.perf_counter() - t0

@@ -100,6 +100,11 @@ def test_writes_need_a_user_token(world):
     assert httpx.get(f"{world.url}/subscriptions", timeout=10).status_code == 401
     assert httpx.delete(f"{world.url}/subscriptions/{'0' * 32}", timeout=10).status_code == 401
     assert httpx.get(f"{world.url}/subscriptions/{'0' * 32}/feed.atom", timeout=10).status_code == 404
+    # documented in /api, so the fuzzer (tests/catalog/test_fuzz.py) and the route enumeration walk them
+    paths = httpx.get(f"{world.url}/api", timeout=10).json()["paths"]
+    assert {"post", "get"} <= set(paths["/subscriptions"])
+    assert "delete" in paths["/subscriptions/{subscription_id}"]
+    assert "get" in paths["/subscriptions/{subscription_id}/feed.atom"]
 
 
 @pytest.mark.parametrize("body,needle", [

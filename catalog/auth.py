@@ -117,11 +117,21 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-async def role_of(app_state, token: str, timeout: float) -> str | None:
-    """The role of a live token, or None; one indexed look-up on the read pool."""
+async def token_owner(app_state, token: str, timeout: float,
+                      statement_s: float | None = None) -> tuple[str, str] | None:
+    """The name and role of a live token, or None; one indexed look-up on the read pool (views that keep
+    something per caller — jobs, subscriptions — own it by the token's name)."""
     async with app_state.readpool.acquire(timeout=timeout) as conn:
-        return await conn.fetchval(
-            "SELECT role FROM landsurf.api_tokens WHERE token_sha256 = $1 AND revoked IS NULL", token_hash(token))
+        row = await conn.fetchrow(
+            "SELECT name, role FROM landsurf.api_tokens WHERE token_sha256 = $1 AND revoked IS NULL",
+            token_hash(token), timeout=statement_s)
+    return (row["name"], row["role"]) if row is not None else None
+
+
+async def role_of(app_state, token: str, timeout: float) -> str | None:
+    """The role of a live token, or None."""
+    owner = await token_owner(app_state, token, timeout)
+    return owner[1] if owner is not None else None
 
 
 def require_role(needed: str, *, allow: Callable[[Request], bool] | None = None):

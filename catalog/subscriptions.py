@@ -34,7 +34,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from catalog.auth import GRANTS, TOKEN_HINT, bearer_token, token_hash
+from catalog.auth import GRANTS, TOKEN_HINT, bearer_token, token_owner
 from catalog.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from catalog.limits import json_depth
 from catalog.settings import CatalogSettings
@@ -231,15 +231,13 @@ class Subscriptions:
         token = bearer_token(request.headers.get("authorization"))
         if token is None:
             raise Unauthorized("subscriptions need a bearer token", TOKEN_HINT.replace("ROLE", "user"))
-        async with request.app.state.readpool.acquire(timeout=self.acquire_s) as conn:
-            row = await conn.fetchrow(
-                "SELECT name, role FROM landsurf.api_tokens WHERE token_sha256 = $1 AND revoked IS NULL",
-                token_hash(token), timeout=self.statement_s)
-        if row is None:
+        owner = await token_owner(request.app.state, token, self.acquire_s, self.statement_s)
+        if owner is None:
             raise Unauthorized("the bearer token is unknown or revoked", "ask an operator for a valid token")
-        if "user" not in GRANTS.get(row["role"], ()):
-            raise Forbidden(f"a {row['role']!r} token has no subscriptions", "use a token with role user")
-        return Caller(row["name"], row["role"])
+        name, role = owner
+        if "user" not in GRANTS.get(role, ()):
+            raise Forbidden(f"a {role!r} token has no subscriptions", "use a token with role user")
+        return Caller(name, role)
 
     async def check(self, request: Request, search: dict[str, Any]) -> None:
         """Unknown collections, invalid geometries and filters pgSTAC cannot evaluate are 400s naming them."""

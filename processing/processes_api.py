@@ -34,7 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from catalog import __version__
-from catalog.auth import GRANTS, TOKEN_HINT, bearer_token, token_hash
+from catalog.auth import GRANTS, TOKEN_HINT, bearer_token, token_owner
 from catalog.errors import BadRequest, Busy, LandsurfError, NotFound, PayloadTooLarge, Unauthorized
 from catalog.logging import get_logger
 from catalog.settings import CatalogSettings
@@ -313,13 +313,11 @@ class Jobs:
         token = bearer_token(request.headers.get("authorization"))
         if token is None:
             raise Unauthorized("jobs need a bearer token", TOKEN_HINT.replace("ROLE", "user"))
-        async with request.app.state.readpool.acquire(timeout=self.acquire_s) as conn:
-            row = await conn.fetchrow(
-                "SELECT name, role FROM landsurf.api_tokens WHERE token_sha256 = $1 AND revoked IS NULL",
-                token_hash(token), timeout=self.statement_s)
-        if row is None:
+        owner = await token_owner(request.app.state, token, self.acquire_s, self.statement_s)
+        if owner is None:
             raise Unauthorized("the bearer token is unknown or revoked", "ask an operator for a valid token")
-        return Caller(row["name"], row["role"])
+        name, role = owner
+        return Caller(name, role)
 
     async def get(self, request: Request, job_id: str, caller: Caller) -> dict[str, Any]:
         if not JOB_ID.match(job_id):

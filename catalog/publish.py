@@ -120,6 +120,7 @@ def publish_product(settings: CatalogSettings, item: dict, staging: Path, relati
             # one publisher at a time per product, across workers and machines
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                          (f"{collection}|{item['properties'].get('grid:code')}|{item['properties']['datetime']}",))
+            _lock_partitions(conn, collection, history)
             for where in (collection, history):
                 existing = conn.execute("SELECT pgstac.get_item(%s, %s)", (item["id"], where)).fetchone()[0]
                 if existing is None:
@@ -159,6 +160,18 @@ def publish_product(settings: CatalogSettings, item: dict, staging: Path, relati
             os.rename(final, staging)  # nothing half-published: the files leave with the failed item
             if set_aside:
                 os.rename(aside, final)
+
+
+def _lock_partitions(conn: psycopg.Connection, *collections: str) -> None:
+    """Serialise writers of the same collections until commit, because pgSTAC cannot create a partition twice at once.
+
+    `pgstac.check_partition` swallows the error of a concurrent `CREATE TABLE IF NOT EXISTS` and then uses a
+    partition its snapshot cannot see ("relation _items_1_2022 does not exist"): two workers publishing the first
+    products of a year raced into it. Held to the commit, this lock makes the second writer start after the
+    first one's partition is visible. Taken after the product lock and in one order, so no two writers deadlock.
+    """
+    for name in sorted(collections):
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"pgstac-partitions|{name}",))
 
 
 def _settle_versions(conn: psycopg.Connection, item: dict) -> tuple[str, str | None]:

@@ -351,16 +351,72 @@ def api_app(settings: CatalogSettings | None = None):
 
 @app.command("demo")
 def demo(port: Optional[int] = None,
-         products: int = typer.Option(6, min=0, max=50, help="Synthetic deliveries to generate and ingest.")) -> None:
-    """The whole box on the embedded default: database, synthetic deliveries through the ingest pipeline,
-    the API; prints the URL."""
-    from processing.demo import publish_series
+         tiles: str = typer.Option("31TCH,31TDH,31TCJ", help="Tiles to generate (comma-separated MGRS ids)."),
+         months: int = typer.Option(3, min=1, max=12, help="Monthly L3A syntheses per tile (the last ones due)."),
+         every_days: int = typer.Option(10, min=1, max=30, help="Days between two acquisitions of a tile."),
+         size: int = typer.Option(1098, min=128, max=10980, help="10 m pixels a side of each product (10980 is "
+                                                                  "a full tile)."),
+         serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Serve the API when done.")) -> None:
+    """The whole box on the embedded default: database, synthetic deliveries of a few mountain tiles through the
+    ingest pipeline, their snow maps and monthly L3A syntheses made by the queue's own planning, the API; prints
+    the viewer's URL."""
+    import time
+    from datetime import date
+
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from processing.demo import _counts, demo_plan, run_demo
 
     settings = _settings()
+    if "LANDSURF_LOG_LEVEL" not in os.environ:  # the progress bars tell the story; warnings still show
+        import logging
+
+        from catalog.logging import configure_logging
+
+        configure_logging("WARNING")
+        logging.getLogger().setLevel(logging.WARNING)
+    settings = settings.model_copy(update={"port": port or settings.port})
+    names = tuple(t.strip().upper().removeprefix("T") for t in tiles.split(",") if t.strip())
+    if not names:
+        raise typer.BadParameter("give at least one tile, e.g. --tiles 31TCH")
+    plan = demo_plan(date.today(), tiles=names, months=months, every_days=every_days, size=size)
     db_start()
-    for done in publish_series(settings, count=products, size=1098):
-        out.print(f"{done.product_id}: {done.status}" + (f" ({done.reason})" if done.reason else ""))
-    serve(host=None, port=port, workers=1)
+    out.print(f"demo: {len(plan.tiles)} tile(s) {', '.join(plan.tiles)}, L3A months {', '.join(plan.months)}, "
+              f"{plan.deliveries} deliveries from {plan.first} to {plan.last}", highlight=False)
+    started = time.monotonic()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_stage(name: str, total: int | None) -> None:
+            for t in tasks.values():
+                bar.update(t, completed=bar.tasks[t].total or bar.tasks[t].completed)
+            label = {"ingest": "L2A deliveries ingested", "dem": "DEMs registered",
+                     "derive": "derived products (snow, L3A, SCD) made"}[name]
+            if total is None:  # derived products: a snow map per L2A, an L3A per tile and month (and the SCDs
+                total = plan.deliveries + len(plan.tiles) * plan.months_count  # of closed years: added as seen)
+            tasks[name] = bar.add_task(label, total=total)
+
+        def on_step(what: str) -> None:
+            name = list(tasks)[-1]
+            if name == "derive":
+                counts = _counts(settings)
+                done = sum(counts.get(c, 0) for c in ("sentinel2-snow", "sentinel2-l3a", "sentinel2-snow-duration"))
+                bar.update(tasks[name], completed=done, total=max(done, bar.tasks[tasks[name]].total or 0))
+            else:
+                bar.advance(tasks[name])
+
+        report = run_demo(settings, plan, on_stage=on_stage, on_step=on_step)
+        on_step("done")
+    failed = [o for o in report.ingested if o.status != "published"]
+    for o in failed:
+        out.print(f"{o.product_id}: {o.status} ({o.reason})", highlight=False)
+    out.print("published: " + ", ".join(f"{n} {c}" for c, n in sorted(report.counts.items())
+                                         if not c.endswith("-history")) +
+              f" in {time.monotonic() - started:.0f} s", highlight=False)
+    out.print(f"viewer: {settings.base_url}/viewer/", highlight=False)
+    if serve_after:
+        serve(host=None, port=settings.port, workers=1)
 
 
 @catalog_app.command("rebase")

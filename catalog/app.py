@@ -259,10 +259,11 @@ def create_app(settings: CatalogSettings | None = None, routers: Sequence[APIRou
         complete_path_parameters(documented)
         serve_with_public_servers(documented)
 
-    # stac-fastapi's Brotli would re-compress PNG tiles and files; titiler compresses what it should.
-    # Its ProxyHeaderMiddleware believes Forwarded/X-Forwarded-* from anyone: PublicUrl replaces it.
+    # stac-fastapi's Brotli would re-compress PNG tiles, files and animations (processing's /timelapse); titiler
+    # compresses what it should. Its ProxyHeaderMiddleware believes Forwarded/X-Forwarded-* from anyone: PublicUrl
+    # replaces it.
     app.user_middleware = [
-        Middleware(BrotliMiddleware, excluded_handlers=[r"^/raster/", rf"^{DOWNLOAD_PREFIX}/"])
+        Middleware(BrotliMiddleware, excluded_handlers=[r"^/raster/", rf"^{DOWNLOAD_PREFIX}/", r"^/timelapse"])
         if m.cls is BrotliMiddleware else m
         for m in app.user_middleware if m.cls is not ProxyHeaderMiddleware
     ]

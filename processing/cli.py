@@ -339,14 +339,16 @@ def serve(host: Optional[str] = typer.Option(None, help="Address to listen on [L
 
 
 def api_app(settings: CatalogSettings | None = None):
-    """The served app: the catalog's, with the routers of `processing` (OGC API – Processes) and the products'
-    colormaps (snow, snow-cover duration) added."""
+    """The served app: the catalog's, with the routers of `processing` (OGC API – Processes, time-lapses) and the
+    products' colormaps (snow, snow-cover duration) added."""
     from catalog.app import create_app
     from processing.colormaps import tiler_colormaps
     from processing.processes_api import processes_router
+    from processing.timelapse_api import timelapse_router
 
     settings = settings or CatalogSettings()
-    return create_app(settings, routers=[processes_router(settings)], colormaps=tiler_colormaps())
+    return create_app(settings, routers=[processes_router(settings), timelapse_router(settings)],
+                      colormaps=tiler_colormaps())
 
 
 @app.command("demo")
@@ -552,6 +554,35 @@ def download(
     out.print(report.summary(), highlight=False)
     if report.failed:
         raise typer.Exit(1)
+
+
+@app.command("timelapse")
+def timelapse(
+    bbox: str = typer.Option(..., help="The area: west,south,east,north in degrees."),
+    datetime_: str = typer.Option(..., "--datetime", help="The period: start/end (dates or RFC 3339 instants)."),
+    out_file: str = typer.Option(..., "--out", help="The file written (its suffix picks the format: .gif .webp "
+                                                    ".mp4)."),
+    collection: str = typer.Option("sentinel2-l2a", help="sentinel2-l2a, sentinel2-snow or sentinel2-l3a "
+                                                         "(or l2a, snow, l3a)."),
+    max_cloud: float = typer.Option(20, "--max-cloud", min=0, max=100, help="Largest eo:cloud_cover shown."),
+    format_: Optional[str] = typer.Option(None, "--format", help="gif | webp | mp4 [the --out suffix, else gif]."),
+    size: Optional[int] = typer.Option(None, help="Longest frame side in pixels [the API's default]."),
+    fps: int = typer.Option(2, min=1, max=30, help="Frames per second."),
+    api: str = typer.Option("http://127.0.0.1:8000", envvar="LANDSURF_API", help="The landsurf API's root URL."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """An animation of the clear-sky pictures of an area over a period, one dated frame per date, made by a
+    landsurf API (GET /timelapse). Exit codes: 2 a bad request, 4 nothing clear to show."""
+    from pathlib import Path
+
+    from processing.timelapse_client import fetch, format_for
+
+    out_path = Path(out_file)
+    params = {"bbox": bbox, "datetime": datetime_, "collection": collection, "max_cloud": max_cloud,
+              "format": format_for(out_path, format_), "size": size, "fps": fps}
+    got = fetch(api, params, out_path, console=err, progress=not quiet)
+    out.print(f"{got.path}: {got.frames} frames ({got.dates[0]} … {got.dates[-1]}), {got.bytes} bytes",
+              highlight=False)
 
 
 @app.command("generate")

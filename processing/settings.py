@@ -29,3 +29,16 @@ class ProcessingSettings(BaseSettings):
                                       "looks for L3A deadlines and L2As without a snow map.")
     derive_max_attempts: int = Field(5, ge=1, description="Attempts of a derived-product job after faults of the "
                                      "system (database down, disk full) before it is failed.")
+    # time-lapses (processing/timelapse.py, GET /timelapse, `landsurf timelapse`): every size a client can ask bounded
+    timelapse_max_frames: int = Field(200, ge=1, description="Most frames (clear dates) of one time-lapse.")
+    timelapse_max_items: int = Field(400, ge=1, description="Most items read for one time-lapse (several tiles "
+                                     "of a date make one frame).")
+    timelapse_max_size: int = Field(1024, ge=64, description="Largest frame side in pixels.")
+    timelapse_default_size: int = Field(512, ge=16, description="Frame side when the client names none.")
+    timelapse_max_pixels: int = Field(40_000_000, ge=1, description="Largest frames × width × height: what one "
+                                      "render holds in memory (3 bytes a pixel at most).")
+    timelapse_max_period_days: int = Field(1100, ge=1, description="Longest period (three years and a little).")
+    timelapse_max_bbox_degrees: float = Field(10.0, gt=0, description="Largest side of the area, in degrees.")
+    timelapse_concurrent: int = Field(1, ge=1, description="Time-lapses rendered at once per API process (each "
+                                      "renders its frames one after the other in one thread).")
+    timelapse_queue_s: float = Field(20.0, gt=0, description="Wait for a render slot before answering 503.")

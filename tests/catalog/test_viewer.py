@@ -329,6 +329,23 @@ def test_the_month_selector_draws_each_month_and_the_swipe_shows_two(viewer, bro
     assert viewer.problems == []
 
 
+def test_a_link_opens_the_latest_month_and_the_search_at_once(browser, api, l3a_months, published_items):
+    """What `landsurf demo` prints: the newest L3A month drawn and the products listed with no click."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        viewer = Viewer(context.new_page(), api.url + "/viewer/?month=latest&search")
+        assert viewer.page.input_value("#month") == max(MONTHS)
+        viewer.map_tiles_loaded("l3a-0")
+        picture = viewer.map_pixels()
+        h, w = picture.shape[1:]
+        assert picture[:, h // 3: 2 * h // 3, w // 3: 2 * w // 3].std() > 10, "the month is not drawn"
+        viewer.wait("/ of \\d+ products/.test(document.getElementById('status').textContent)")
+        assert len(viewer.entries()) >= 1
+        assert viewer.problems == []
+    finally:
+        context.close()
+
+
 def test_the_static_legends_are_those_of_the_colormaps():
     from processing.colormaps import legend
 

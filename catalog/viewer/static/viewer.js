@@ -409,6 +409,20 @@ async function loadColormaps() {
   for (const name of LEGENDS) state.legends.set(name, await getJson(new URL(`legends/${name}.json`, window.location.href).href));
 }
 
+// What a link may ask the page to show at once (the demo prints one): `?month=YYYY-MM` or `?month=latest` draws that
+// L3A month, `?search` runs the search form as it stands (every product of the default collection).
+async function openAsAsked(params) {
+  if (params.has("search")) await search(new Event("submit"));  // first: it moves the map, the month then fits it
+  const month = params.get("month");
+  const months = [...state.months.keys()].sort();
+  const wanted = month === "latest" ? months[months.length - 1] : month;
+  if (wanted && state.months.has(wanted)) {
+    $("month").value = wanted;
+    await mapReady;
+    showMonth();
+  }
+}
+
 // ---------- start ----------
 async function start() {
   $("search").addEventListener("submit", search);
@@ -430,6 +444,7 @@ async function start() {
       .map((c) => new Option(`${c.title || c.id} (${c.id})`, c.id)));
     if (state.collections.has(DEFAULT_COLLECTION)) $("collection").value = DEFAULT_COLLECTION;
     await loadMonths();
+    await openAsAsked(new URLSearchParams(window.location.search));
     document.body.dataset.ready = "true";
   } catch (error) {
     report(`cannot read the catalog: ${error.message}`, true);

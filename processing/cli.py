@@ -416,7 +416,7 @@ def demo(port: Optional[int] = None,
     out.print("published: " + ", ".join(f"{n} {c}" for c, n in sorted(report.counts.items())
                                          if not c.endswith("-history")) +
               f" in {time.monotonic() - started:.0f} s", highlight=False)
-    out.print(f"viewer: {settings.base_url}/viewer/?month=latest&search", highlight=False)
+    out.print(f"viewer: {settings.base_url}/viewer/?month=latest", highlight=False)
     if serve_after:
         serve(host=None, port=settings.port, workers=1)
 

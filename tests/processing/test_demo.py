@@ -45,7 +45,7 @@ def test_demo_publishes_l2a_snow_and_l3a_unattended_then_serves_the_viewer():
             if line.startswith("viewer: "):
                 break
         viewer = next((ln.split()[1] for ln in lines if ln.startswith("viewer: ")), None)
-        assert viewer == f"http://127.0.0.1:{port}/viewer/?month=latest&search", "".join(lines)[-3000:]
+        assert viewer == f"http://127.0.0.1:{port}/viewer/?month=latest", "".join(lines)[-3000:]
         published = next(ln for ln in lines if ln.startswith("published: "))
         counts = {c: int(n) for n, c in re.findall(r"(\d+) ([a-z0-9-]+)", published)}
         with session(settings) as conn:

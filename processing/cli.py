@@ -410,9 +410,12 @@ def demo(port: Optional[int] = None,
 
         report = run_demo(settings, plan, on_stage=on_stage, on_step=on_step)
         on_step("done")
-    failed = [o for o in report.ingested if o.status != "published"]
-    for o in failed:
-        out.print(f"{o.product_id}: {o.status} ({o.reason})", highlight=False)
+    again = sum(o.status == "duplicate" for o in report.ingested)
+    if again:
+        out.print(f"{again} deliveries were already published (an earlier demo in this home)", highlight=False)
+    for o in report.ingested:
+        if o.status not in ("published", "duplicate"):
+            out.print(f"{o.product_id}: {o.status} ({o.reason})", highlight=False)
     out.print("published: " + ", ".join(f"{n} {c}" for c, n in sorted(report.counts.items())
                                          if not c.endswith("-history")) +
               f" in {time.monotonic() - started:.0f} s", highlight=False)

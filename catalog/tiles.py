@@ -55,6 +55,7 @@ from rio_tiler.colormap import cmap as default_colormaps  # noqa: E402
 
 from catalog.auth import require_role  # noqa: E402
 from catalog.errors import BadRequest, NotFound  # noqa: E402
+from catalog.mosaics import OverviewBackend, OverviewBackendParams, SourceHeader, mosaics_router  # noqa: E402
 from catalog.proxy import ErrorShield  # noqa: E402
 from catalog.settings import CatalogSettings  # noqa: E402
 from catalog.store import AssetStore  # noqa: E402
@@ -266,13 +267,16 @@ def create_tiler_app(store: AssetStore, settings: CatalogSettings, colormaps: Co
     app.add_middleware(
         CacheControlMiddleware,
         cachecontrol="public, max-age=3600",
-        exclude_path={r"/healthz", r"/searches(/)?$", r"/searches/list$"},
+        exclude_path={r"/healthz", r"/searches(/)?$", r"/searches/list$", r".*/mosaics(/|$)"},
     )
+    app.add_middleware(SourceHeader)  # X-Landsurf-Source of a mosaic tile: overview or dynamic
 
     def gdal_env() -> dict:
         return GDAL_ENV
 
+    # small zooms of a search with a monthly overview come from it (catalog/mosaics.py), the rest from the items
     mosaic_kwargs = dict(
+        backend=OverviewBackend, backend_dependency=OverviewBackendParams,
         dataset_reader=mosaic_reader, add_statistics=True, add_viewer=True, add_part=True,
         extensions=[searchInfoExtension(), wmtsExtensionMosaic()], templates=TEMPLATES,
         environment_dependency=gdal_env, colormap_dependency=colormap_dependency,
@@ -282,6 +286,8 @@ def create_tiler_app(store: AssetStore, settings: CatalogSettings, colormaps: Co
     # /register and /list first: /searches/{search_id} would otherwise take "register" and "list" as ids
     _register_route(app, searches)
     app.include_router(searches.router, tags=["Mosaic of a registered search"], prefix="/searches/{search_id}")
+
+    app.include_router(mosaics_router())
 
     collection = MosaicTilerFactory(path_dependency=RegisteredCollectionParams,
                                     router_prefix="/collections/{collection_id}", **mosaic_kwargs)
@@ -307,4 +313,5 @@ def create_tiler_app(store: AssetStore, settings: CatalogSettings, colormaps: Co
         return {"status": "ok"}
 
     app.state.landsurf_settings = settings
+    app.state.landsurf_store = store
     return app

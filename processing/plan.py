@@ -149,7 +149,14 @@ def on_dem_published(settings: CatalogSettings, tile: str, superseded: str | Non
 
 def after_derived(settings: CatalogSettings, req: DerivedRequest, item_id: str) -> list[int]:
     """After a derived product is published: the SCDs its snow map feeds (cascade, closed hydrological year)."""
-    if req.kind != "snow" or not _enabled():
+    if not _enabled():
+        return []
+    if req.kind == "l3a":  # the month's mosaic overview (debounced: one build for a while of publications)
+        from processing.mosaics import queue_overview
+
+        job = queue_overview(settings, S2_L3A, req.month, f"L3A {item_id} published")
+        return [job] if job is not None else []
+    if req.kind != "snow":
         return []
     from processing.scd import ScdParams, hydrological_year
 

@@ -32,6 +32,7 @@ const state = {
   drawing: false,
   area: null,              // [w, s, e, n] drawn on the map
   months: new Map(),       // "YYYY-MM" → L3A items of that month
+  mosaics: new Map(),      // "YYYY-MM" → the month's registered mosaic (GET /raster/mosaics): one tile layer
   tilerColormaps: new Set(),  // the colormap names the tiler knows
   legends: new Map(),      // colormap name → legend
   token: null,             // a download user's token, for this tab only (account.js)
@@ -333,6 +334,13 @@ function setMonthLayers(target, prefix, month) {
   for (const id of Object.keys(style.sources).filter((s) => s.startsWith(prefix))) target.removeSource(id);
   const items = state.months.get(month) || [];
   const before = target.getLayer("item") ? "item" : target.getLayer("footprints-fill") ? "footprints-fill" : undefined;
+  const mosaic = mosaicSource(month, items);
+  if (mosaic) {  // the month's registered search: one layer, its small zooms from the precomputed overview
+    target.addSource(`${prefix}0`, mosaic);
+    target.addLayer({ id: `${prefix}0`, type: "raster", source: `${prefix}0`,
+                      paint: { "raster-fade-duration": 0 } }, before);
+    return items;
+  }
   items.forEach((item, i) => {
     const source = rasterSource(item, catalog());
     if (!source) return;
@@ -341,6 +349,16 @@ function setMonthLayers(target, prefix, month) {
                       paint: { "raster-fade-duration": 0 } }, before);
   });
   return items;
+}
+
+// The month's mosaic as one raster source (the tiler's search tiles), or null: then each item is drawn on its own.
+function mosaicSource(month, items) {
+  const mosaic = state.mosaics.get(month);
+  const render = mosaic && (mosaic.renders["true-colour"] || Object.values(mosaic.renders)[0]);
+  const bounds = boundsOf(items);
+  if (!render || !bounds) return null;
+  return { type: "raster", tiles: [`${render.tiles}&tilesize=512`], tileSize: 512, minzoom: 0, maxzoom: 15,
+           bounds: bounds.toArray().flat() };
 }
 
 function showMonth() {
@@ -395,6 +413,12 @@ async function loadMonths() {
     url = next ? next.href : null;
     body = next && next.merge ? { ...body, ...(next.body || {}) } : (next && next.body);
     pages += 1;
+  }
+  try {  // registered monthly mosaics (a month without one is drawn item by item)
+    const listed = await getJson(apiUrl(`raster/mosaics?collection=${L3A}&limit=1000`));
+    for (const m of listed.mosaics || []) state.mosaics.set(m.month, m);
+  } catch (error) {
+    report(`monthly mosaics not listed (${error.message}): months drawn item by item`);
   }
   const months = [...state.months.keys()].sort().reverse();
   for (const select of [$("month"), $("month-b")]) {

@@ -718,6 +718,34 @@ def dem_add(tile: str = typer.Argument(..., help="MGRS tile, e.g. 31TCH."),
         out.print(f"{len(jobs)} snow map(s) made with the previous DEM queued again", highlight=False)
 
 
+mosaics_app = typer.Typer(help="Monthly mosaics and their overviews (the tiles of zooms <= 7).", no_args_is_help=True)
+app.add_typer(mosaics_app, name="mosaics")
+
+
+@mosaics_app.command("build")
+def mosaics_build(collection: str = typer.Option("sentinel2-l3a", help="The collection of monthly syntheses."),
+                  month: Optional[str] = typer.Option(None, help="YYYY-MM; every month with items when omitted."),
+                  force: bool = typer.Option(False, "--force", help="Rebuild even when the inputs are unchanged."),
+                  queue: bool = typer.Option(False, "--queue", help="Only queue the builds for `landsurf worker`.")
+                  ) -> None:
+    """Register each month's mosaic search and build its overview COG (skipped when made from the same items)."""
+    from processing.mosaics import build_overview, months_of, queue_overview
+
+    settings = _settings()
+    months = [month] if month else months_of(settings, collection)
+    if not months:
+        out.print(f"no items in {collection}: nothing to build", highlight=False)
+    for m in months:
+        if queue:
+            job = queue_overview(settings, collection, m, "cli", delay_s=0)
+            out.print(f"{collection} {m}: " + (f"queued (job {job})" if job is not None else "already queued"),
+                      highlight=False)
+            continue
+        done = build_overview(settings, collection, m, force=force)
+        out.print(f"{collection} {m}: {done.status}, search {done.search_id}, {done.items} item(s)"
+                  + (f", {done.path} in {done.seconds:.1f} s" if done.status == "built" else ""), highlight=False)
+
+
 def main() -> None:
     try:
         app()

@@ -51,6 +51,7 @@ INGEST_QUEUE = "ingest"
 TASK_NAME = "ingest.delivery"
 DERIVE_QUEUE = "derive"
 DERIVE_TASK = "processing.derive"
+MOSAIC_TASK = "processing.mosaic_overview"  # processing/mosaics.py
 SWEEP_LOCK = "landsurf-sweep"
 LIVE = ("todo", "doing")
 
@@ -110,6 +111,9 @@ def create_queue(catalog: CatalogSettings | None = None, ingest: IngestSettings 
 
         return run_request(catalog, DerivedRequest.from_args(request), job_id=context.job.id).status
 
+    from processing.mosaics import register as register_mosaics
+
+    register_mosaics(app, catalog, MOSAIC_TASK, DERIVE_QUEUE)  # monthly mosaics' overview builds
     return app
 
 
@@ -300,8 +304,9 @@ async def sweep(app: IngestQueue) -> Sweep:
         report.ran = True
         stalled = [(job, INGEST_QUEUE) for job in await app.job_manager.get_stalled_jobs(
             task_name=TASK_NAME, seconds_since_heartbeat=ingest.stalled_seconds)]
-        stalled += [(job, DERIVE_QUEUE) for job in await app.job_manager.get_stalled_jobs(
-            task_name=DERIVE_TASK, seconds_since_heartbeat=ingest.stalled_seconds)]
+        for task in (DERIVE_TASK, MOSAIC_TASK):
+            stalled += [(job, DERIVE_QUEUE) for job in await app.job_manager.get_stalled_jobs(
+                task_name=task, seconds_since_heartbeat=ingest.stalled_seconds)]
         for job, queue in stalled:
             try:
                 await app.job_manager.retry_job(job, queue=queue)

@@ -29,6 +29,15 @@ class ProcessingSettings(BaseSettings):
                                       "looks for L3A deadlines and L2As without a snow map.")
     derive_max_attempts: int = Field(5, ge=1, description="Attempts of a derived-product job after faults of the "
                                      "system (database down, disk full) before it is failed.")
+    # monthly mosaics' overviews (processing/mosaics.py; the tiler answers z <= this zoom from them)
+    mosaic_overview_zoom: int = Field(7, ge=0, le=12, description="Zoom (WebMercatorQuad) of the overview COGs' "
+                                      "pixels; tiles of a monthly mosaic at this zoom and below come from them.")
+    mosaic_overview_max_pixels: int = Field(400_000_000, ge=65_536, description="Largest overview (width × "
+                                            "height); a month spread wider fails with a message naming this.")
+    mosaic_overview_resampling: str = Field("average", pattern="^(nearest|bilinear|cubic|average|mode)$",
+                                            description="How items are resampled onto the overview's grid.")
+    mosaic_debounce_s: float = Field(60.0, ge=0, description="An overview build waits this long after the L3A "
+                                     "publication that asked for it; the publications meanwhile join that build.")
     # time-lapses (processing/timelapse.py, GET /timelapse, `landsurf timelapse`): every size a client can ask bounded
     timelapse_max_frames: int = Field(200, ge=1, description="Most frames (clear dates) of one time-lapse.")
     timelapse_max_items: int = Field(400, ge=1, description="Most items read for one time-lapse (several tiles "

@@ -80,6 +80,9 @@ class Metrics:
                                       ["quantile"], registry=self.registry)
         self.published_24h = Gauge("landsurf_products_published_24h", "Products published in the last 24 h",
                                    registry=self.registry)
+        self.webhooks = Gauge("landsurf_webhooks", "Subscriptions' webhooks per status (failing: "
+                              "LANDSURF_WEBHOOK_MAX_ATTEMPTS attempts in a row failed)", ["status"],
+                              registry=self.registry)
         # the inbox watcher and the open receipts (catalog/operations.py), read at scrape time
         self.inbox = {name: Gauge(name, help_, registry=self.registry) for name, help_ in INBOX_GAUGES.items()}
 
@@ -148,6 +151,14 @@ class Metrics:
         for q in ("p50", "p95"):
             self.delivery_latency.labels(q).set(float(row[q]) if row[q] is not None else float("nan"))
         self.published_24h.set(row["n"])
+        try:
+            async with request.app.state.get_connection(request, "r") as conn:
+                hooks = await conn.fetch("SELECT status, count(*) AS n FROM landsurf.webhooks GROUP BY status")
+        except Exception:  # noqa: BLE001 - e.g. a database not migrated yet: the other figures still stand
+            return
+        found = {r["status"]: r["n"] for r in hooks}
+        for status in ("active", "retrying", "failing"):  # every status always present: alerts need a 0
+            self.webhooks.labels(status).set(found.get(status, 0))
         try:
             async with request.app.state.get_connection(request, "r") as conn:
                 gauges = inbox_gauges(await inbox_state(conn))

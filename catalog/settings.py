@@ -143,7 +143,55 @@ class HttpSettings(BaseSettings):
         return self.public_url or f"http://{self.host}:{self.port}"
 
 
-class CatalogSettings(DatabaseSettings, StoreSettings, HttpSettings):
+class WebhookSettings(BaseSettings):
+    """Signed webhooks of subscriptions: where receivers may be (SSRF), and how deliveries are paced
+    (catalog/webhooks.py, processing/webhooks.py; docs/operations.md, "Webhooks")."""
+
+    model_config = CONFIG
+
+    webhook_allow_http: bool = Field(False, description="Webhook receivers may be plain http:// URLs (default: "
+                                                        "https only).")
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Networks a webhook receiver may be in although they are not public "
+                                          "(loopback, private, link-local and the like are refused against SSRF), "
+                                          "e.g. 10.1.2.0/24; comma-separated, none by default.")
+    webhook_resolve_timeout_s: float = Field(5.0, gt=0, description="Bound on resolving a receiver's name.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Bound on each phase (connect, write, read) of a "
+                                                             "delivery's POST.")
+    webhook_every_s: int = Field(15, ge=1, le=59, description="How often the worker looks for due deliveries.")
+    webhook_max_items: int = Field(50, ge=1, le=1000, description="Most items in one delivery; more go in the "
+                                                                  "next ones.")
+    webhook_max_body_bytes: int = Field(1 << 20, ge=4096, description="Largest delivery body: over it, the full "
+                                                                      "items are left out (ids and links stay).")
+    webhook_max_attempts: int = Field(8, ge=1, description="Failed attempts in a row after which a webhook is "
+                                                           "marked failing (it is still tried, at the longest "
+                                                           "backoff).")
+    webhook_backoff_s: float = Field(30.0, gt=0, description="Wait after a first failure; doubled after each "
+                                                             "further one.")
+    webhook_backoff_max_s: float = Field(3600.0, gt=0, description="Longest wait between attempts.")
+    webhook_settle_s: float = Field(600.0, ge=0, description="How long after its `updated` stamp an item may "
+                                                             "still become visible (publication's commit, clock "
+                                                             "skew between machines): items are looked for that "
+                                                             "far back.")
+    webhook_concurrency: int = Field(4, ge=1, le=64, description="Receivers posted to at once by one worker.")
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, v: object) -> object:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an address or network") from exc
+        return v
+
+
+class CatalogSettings(DatabaseSettings, StoreSettings, HttpSettings, WebhookSettings):
     """All of the catalog's settings, for the app factory and the CLI."""
 
     model_config = CONFIG

@@ -6,6 +6,10 @@
     GET    /subscriptions/{id}/feed.atom  public: the id (128 random bits) is the credential, as feed readers
                                           send no tokens — share the feed URL as you would a token
 
+A subscription may also carry a `webhook` (a receiver URL): the answer to its creation then holds the signing
+secret, shown that once; the worker POSTs the new items to the receiver, signed (catalog/webhooks.py,
+processing/webhooks.py), and the subscription's JSON shows how its deliveries stand.
+
 A search is `collections` (required), `bbox` or `intersects`, and a CQL2-JSON `filter`; it is checked by
 running it once through pgSTAC (under the statement timeout) so a filter pgSTAC cannot evaluate is a 400 at
 creation, not a broken feed later. The feed lists the items matching the search whose `updated` (the time the
@@ -39,11 +43,12 @@ from catalog.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from catalog.limits import json_depth
 from catalog.settings import CatalogSettings
 from catalog.store import render_href
+from catalog.webhooks import check_url, new_secret
 
 MAX_PER_OWNER = 20
 FEED_ENTRIES = 100
 ID = re.compile(r"^[0-9a-f]{32}$")
-KEYS = ("title", "collections", "bbox", "intersects", "filter", "filter-lang")
+KEYS = ("title", "collections", "bbox", "intersects", "filter", "filter-lang", "webhook")
 GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon")
 ATOM = "http://www.w3.org/2005/Atom"
 ATOM_TYPE = "application/atom+xml"
@@ -76,6 +81,12 @@ def _number(value: Any) -> bool:
 def parse_search(body: bytes, settings: CatalogSettings) -> tuple[str, dict[str, Any]]:
     """The title and the pgSTAC search of a POST body, every part checked and bounded (the filter's meaning is
     checked by pgSTAC afterwards)."""
+    title, search, _ = parse_body(body, settings)
+    return title, search
+
+
+def parse_body(body: bytes, settings: CatalogSettings) -> tuple[str, dict[str, Any], Any]:
+    """`parse_search`, and the `webhook` as given (None when absent; checked by catalog.webhooks.check_url)."""
     limit = 4 * settings.max_filter_bytes
     if len(body) > limit:
         raise _bad(f"the subscription body is {len(body)} bytes, over the maximum of {limit}",
@@ -133,7 +144,7 @@ def parse_search(body: bytes, settings: CatalogSettings) -> tuple[str, dict[str,
                        "simplify it (LANDSURF_MAX_FILTER_DEPTH)")
         search["filter"] = flt
         search["filter-lang"] = "cql2-json"
-    return title, search
+    return title, search, doc.get("webhook")
 
 
 def _iso(value: datetime) -> str:
@@ -213,9 +224,27 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def _summary(row: dict[str, Any], base: str) -> dict[str, Any]:
-    return {"id": row["id"], "title": row["title"], "search": row["search"], "created": _iso(row["created"]),
-            "feed": f"{base}/subscriptions/{row['id']}/feed.atom",
-            "links": [{"rel": "alternate", "type": ATOM_TYPE, "href": f"{base}/subscriptions/{row['id']}/feed.atom"}]}
+    out = {"id": row["id"], "title": row["title"], "search": row["search"], "created": _iso(row["created"]),
+           "feed": f"{base}/subscriptions/{row['id']}/feed.atom",
+           "links": [{"rel": "alternate", "type": ATOM_TYPE, "href": f"{base}/subscriptions/{row['id']}/feed.atom"}]}
+    if row.get("webhook_url"):
+        stamp = (lambda v: _iso(v) if v is not None else None)
+        out["webhook"] = {
+            "url": row["webhook_url"], "status": row["webhook_status"], "failures": row["webhook_failures"],
+            "delivered": row["webhook_delivered"], "last_attempt": stamp(row["webhook_last_attempt"]),
+            "last_success": stamp(row["webhook_last_success"]), "last_status": row["webhook_last_status"],
+            "last_error": row["webhook_last_error"], "next_attempt": stamp(row["webhook_next_attempt"]),
+            "delivered_until": stamp(row["webhook_cursor"])}
+    return out
+
+
+# a subscription's row with its webhook's state (never its secret: another schema, not readable by the API's
+# read-only role)
+SELECT_ROW = ("SELECT s.id, s.owner, s.title, s.search, s.created, w.url AS webhook_url, w.status AS webhook_status, "
+              "w.failures AS webhook_failures, w.delivered AS webhook_delivered, w.last_attempt AS "
+              "webhook_last_attempt, w.last_success AS webhook_last_success, w.last_status AS webhook_last_status, "
+              "w.last_error AS webhook_last_error, w.next_attempt AS webhook_next_attempt, w.cursor AS webhook_cursor "
+              "FROM landsurf.subscriptions s LEFT JOIN landsurf.webhooks w ON w.subscription_id = s.id ")
 
 
 class Subscriptions:
@@ -268,7 +297,8 @@ class Subscriptions:
                 raise _bad(f"{what} cannot be evaluated: {_first_line(exc)}",
                            "see /queryables for the properties and CQL2-JSON for the operators") from exc
 
-    async def create(self, request: Request, caller: Caller, title: str, search: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, request: Request, caller: Caller, title: str, search: dict[str, Any],
+                     webhook: str | None = None, secret: str | None = None) -> dict[str, Any]:
         new_id = secrets.token_hex(16)
         async with request.app.state.writepool.acquire(timeout=self.acquire_s) as conn:
             async with conn.transaction():
@@ -284,20 +314,26 @@ class Subscriptions:
                     "INSERT INTO landsurf.subscriptions (id, owner, title, search) VALUES ($1, $2, $3, $4::text::jsonb) "
                     "RETURNING id, owner, title, search, created", new_id, caller.name, title, _json(search),
                     timeout=self.statement_s)
+                if webhook is not None:
+                    # the cursor starts at the creation: the feed's rule (items updated at or after it)
+                    await conn.execute("INSERT INTO landsurf.webhooks (subscription_id, url, cursor) "
+                                       "VALUES ($1, $2, $3)", new_id, webhook, row["created"], timeout=self.statement_s)
+                    await conn.execute("INSERT INTO landsurf_secrets.webhook_secrets (subscription_id, secret) "
+                                       "VALUES ($1, $2)", new_id, secret, timeout=self.statement_s)
+                    row = await conn.fetchrow(SELECT_ROW + "WHERE s.id = $1", new_id, timeout=self.statement_s)
         return dict(row)
 
     async def list(self, request: Request, caller: Caller) -> list[dict[str, Any]]:
         async with request.app.state.readpool.acquire(timeout=self.acquire_s) as conn:
-            rows = await conn.fetch("SELECT id, owner, title, search, created FROM landsurf.subscriptions "
-                                    "WHERE owner = $1 ORDER BY created", caller.name, timeout=self.statement_s)
+            rows = await conn.fetch(SELECT_ROW + "WHERE s.owner = $1 ORDER BY s.created", caller.name,
+                                    timeout=self.statement_s)
         return [dict(r) for r in rows]
 
     async def get(self, request: Request, sub_id: str) -> dict[str, Any]:
         if not ID.match(sub_id):
             raise NotFound(f"no subscription {sub_id[:40]!r}", "the id is the 32 hex digits POST /subscriptions gave")
         async with request.app.state.readpool.acquire(timeout=self.acquire_s) as conn:
-            row = await conn.fetchrow("SELECT id, owner, title, search, created FROM landsurf.subscriptions "
-                                      "WHERE id = $1", sub_id, timeout=self.statement_s)
+            row = await conn.fetchrow(SELECT_ROW + "WHERE s.id = $1", sub_id, timeout=self.statement_s)
         if row is None:
             raise NotFound(f"no subscription {sub_id!r}", "it was deleted, or never existed")
         return dict(row)
@@ -352,6 +388,9 @@ BODY_SCHEMA = {
         "intersects": {"type": "object", "description": "a GeoJSON geometry (WGS84)"},
         "filter": {"type": "object", "description": "CQL2-JSON"},
         "filter-lang": {"type": "string", "enum": ["cql2-json"]},
+        "webhook": {"type": "string", "format": "uri", "maxLength": 2048,
+                    "description": "an https receiver of signed POSTs of the new items (Standard Webhooks); the "
+                                   "answer holds its secret, shown once"},
     },
 }
 ERRORS = {400: {"description": "bad input, named"}, 401: {"description": "no or unknown bearer token"},
@@ -369,13 +408,22 @@ def subscriptions_router(settings: CatalogSettings) -> APIRouter:
                  openapi_extra={"requestBody": {"required": True, "content": {
                      "application/json": {"schema": BODY_SCHEMA}}}})
     async def create_subscription(request: Request) -> JSONResponse:
-        """Save a search (collections, `bbox` or `intersects`, CQL2-JSON `filter`); needs a token of role user
-        (or admin). Answers the id and the URL of its Atom feed (public: share it as you would a token)."""
+        """Save a search (collections, `bbox` or `intersects`, CQL2-JSON `filter`, optionally a `webhook`); needs
+        a token of role user (or admin). Answers the id and the URL of its Atom feed (public: share it as you
+        would a token), and the webhook's signing secret — shown this once only."""
         caller = await subs.caller(request)
-        title, search = parse_search(await request.body(), settings)
+        title, search, webhook = parse_body(await request.body(), settings)
         await subs.check(request, search)
-        row = await subs.create(request, caller, title, search)
+        secret = None
+        if webhook is not None:
+            webhook = await check_url(webhook, settings)
+            secret = new_secret()
+        row = await subs.create(request, caller, title, search, webhook, secret)
         body = _summary(row, _base(request))
+        if secret is not None:
+            body["webhook"]["secret"] = secret
+            body["webhook"]["secret_note"] = ("shown this once only: keep it to verify the webhook-signature header "
+                                              "(Standard Webhooks); it cannot be read again")
         return JSONResponse(body, status_code=201, headers={"Location": body["feed"], "Cache-Control": "no-store"})
 
     @router.get("/subscriptions", response_model=None, responses=ERRORS)

@@ -3,7 +3,8 @@ makes sure no delivery is ever stranded.
 
 Two queues: `ingest` (task `ingest.delivery`, one job per receipt) and `derive` (task `processing.derive`, one job
 per derived product: its request key is the job's queueing lock and lock, and its priority is below ingest's;
-see processing/derive.py). Every worker drains both; long-running workers also run the planning tick of derived
+see processing/derive.py). A third, `webhooks`, gets the periodic delivery of subscriptions' webhooks
+(processing/webhooks.py). Every worker drains all three; long-running workers also run the planning tick of derived
 products in their sweep (processing/plan.py).
 
 - Durable jobs survive restarts; a job is retried with exponential backoff on system faults
@@ -52,6 +53,7 @@ TASK_NAME = "ingest.delivery"
 DERIVE_QUEUE = "derive"
 DERIVE_TASK = "processing.derive"
 MOSAIC_TASK = "processing.mosaic_overview"  # processing/mosaics.py
+WEBHOOK_QUEUE = "webhooks"  # processing/webhooks.py
 SWEEP_LOCK = "landsurf-sweep"
 LIVE = ("todo", "doing")
 
@@ -114,6 +116,9 @@ def create_queue(catalog: CatalogSettings | None = None, ingest: IngestSettings 
     from processing.mosaics import register as register_mosaics
 
     register_mosaics(app, catalog, MOSAIC_TASK, DERIVE_QUEUE)  # monthly mosaics' overview builds
+    from processing.webhooks import register as register_webhooks
+
+    register_webhooks(app, catalog)  # subscriptions' webhooks (made periodic by long-running workers, `_work`)
     return app
 
 
@@ -364,16 +369,20 @@ def retry(app: procrastinate.App, catalog: CatalogSettings, ingest: IngestSettin
 
 
 def run_worker(app: IngestQueue, *, once: bool = False, concurrency: int = 1,
-               queues: tuple[str, ...] = (INGEST_QUEUE, DERIVE_QUEUE)) -> None:
+               queues: tuple[str, ...] = (INGEST_QUEUE, DERIVE_QUEUE, WEBHOOK_QUEUE)) -> None:
     """Process ingest and derived-product jobs; with `once`, stop when no job is due. Without it, run until
     SIGINT/SIGTERM, riding out database outages (the worker waits and reconnects)."""
     asyncio.run(_work(app, once, concurrency, tuple(queues)))
 
 
 async def _work(app: IngestQueue, once: bool, concurrency: int,
-                queues: tuple[str, ...] = (INGEST_QUEUE, DERIVE_QUEUE)) -> None:
+                queues: tuple[str, ...] = (INGEST_QUEUE, DERIVE_QUEUE, WEBHOOK_QUEUE)) -> None:
     ingest = app.ingest
     app.tick_derived = not once
+    if not once and WEBHOOK_QUEUE in queues:
+        from processing.webhooks import schedule
+
+        schedule(app, app.catalog)  # the periodic delivery of subscriptions' webhooks
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     current: list[asyncio.Task] = []

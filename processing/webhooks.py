@@ -153,7 +153,9 @@ def body_of(sub: dict[str, Any], keys: list[Key], features: list[dict[str, Any]]
                                   {"rel": "collection", "type": "application/json",
                                    "href": base + api_path("collections", c)}]
                 items.append(item)
-        payload = {"type": EVENT_TYPE, "timestamp": _iso(datetime.now(timezone.utc)),
+        # the event's time — the newest item's `updated` — so a retried batch is the same bytes (only the headers'
+        # webhook-timestamp, and so the signature, change)
+        payload = {"type": EVENT_TYPE, "timestamp": _iso(max(u for _, _, u in keys)),
                    "data": {**data, "features": items}}
         body = orjson.dumps(payload)
         if len(body) <= max_bytes:

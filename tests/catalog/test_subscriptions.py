@@ -42,6 +42,7 @@ A = "{http://www.w3.org/2005/Atom}"
 LOOPBACK = "127.0.0.1/32"
 HOOK_ENV = {"LANDSURF_WEBHOOK_ALLOW_HTTP": "true", "LANDSURF_WEBHOOK_ALLOWED_NETWORKS": LOOPBACK}
 BACKOFF_S = 0.5
+TIMEOUT_S = 2.0
 
 
 def _publish(settings, out, when: datetime) -> str:
@@ -233,11 +234,13 @@ def receiver():
 
 
 class Receiver:
-    """An HTTP server recording every request; each path answers the statuses scripted for it, then 200."""
+    """An HTTP server recording every request; each path answers the statuses scripted for it, then 200, after
+    the delays scripted for it, then at once."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.script: dict[str, list[int]] = {}
+        self.delays: dict[str, list[float]] = {}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -246,12 +249,17 @@ class Receiver:
                 receiver.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 statuses = receiver.script.get(self.path) or []
                 status = statuses.pop(0) if statuses else 200
-                self.send_response(status)
-                if status in (301, 302, 307, 308):
-                    self.send_header("Location", "/landing")
-                self.send_header("Content-Length", "5")
-                self.end_headers()
-                self.wfile.write(b"nope\n" if status >= 300 else b"okay\n")
+                delays = receiver.delays.get(self.path) or []
+                time.sleep(delays.pop(0) if delays else 0)
+                try:
+                    self.send_response(status)
+                    if status in (301, 302, 307, 308):
+                        self.send_header("Location", "/landing")
+                    self.send_header("Content-Length", "5")
+                    self.end_headers()
+                    self.wfile.write(b"nope\n" if status >= 300 else b"okay\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the deliverer stopped waiting (the slow receiver)
 
             def log_message(self, *args) -> None:
                 pass
@@ -320,10 +328,10 @@ def test_webhook_signed_retried_failing_and_never_twice(world, receiver):
     # the deliverer runs in this process with the API's policy (set in its environment by the fixture)
     settings = world.settings.model_copy(update={
         "webhook_allow_http": True, "webhook_allowed_networks": [LOOPBACK], "webhook_backoff_s": BACKOFF_S,
-        "webhook_max_attempts": 3, "webhook_timeout_s": 3})
+        "webhook_max_attempts": 3, "webhook_timeout_s": TIMEOUT_S})
     rx, api = receiver, world.url
     made = {}
-    for name in ("ok", "flaky", "down", "redirect", "rebind"):
+    for name in ("ok", "flaky", "down", "redirect", "rebind", "slow"):
         r = _hook(world, f"{rx.url}/{name}", title=name)
         assert r.status_code == 201, r.text
         hook = r.json()["webhook"]
@@ -341,7 +349,7 @@ def test_webhook_signed_retried_failing_and_never_twice(world, receiver):
         conn.execute("SELECT secret FROM landsurf_secrets.webhook_secrets")
 
     # the product published before the subscriptions is not sent
-    assert [a.outcome for a in deliver_due(settings)] == ["nothing"] * 5 and rx.requests == []
+    assert [a.outcome for a in deliver_due(settings)] == ["nothing"] * 6 and rx.requests == []
 
     after = _publish(settings, world.out, datetime(2024, 7, 13, 10, 40, tzinfo=timezone.utc))
 
@@ -378,21 +386,23 @@ def test_webhook_signed_retried_failing_and_never_twice(world, receiver):
     assert (flaky["status"], flaky["failures"], flaky["last_status"], flaky["delivered"]) == ("retrying", 1, 500, 0)
     assert "500" in flaky["last_error"] and flaky["next_attempt"] > flaky["last_attempt"]
     assert "redirects are not followed" in state[ids["redirect"]]["webhook"]["last_error"]
+    assert len(rx.at("/slow")) == 1
     assert httpx.delete(f"{api}/subscriptions/{ids['redirect']}", headers=world.auth("alice"), timeout=10).status_code == 204
 
     # within the backoff nothing is tried again; after it, the flaky receiver gets the same message, then never more
     again = deliver_due(settings)
     if time.monotonic() - first < BACKOFF_S * 0.9:
-        assert {a.subscription for a in again} <= {ids["ok"]} and len(rx.at("/flaky")) == 1
+        assert {a.subscription for a in again} <= {ids["ok"], ids["slow"]} and len(rx.at("/flaky")) == 1
     assert _seconds_between(flaky["last_attempt"], flaky["next_attempt"]) == pytest.approx(BACKOFF_S, abs=0.01)
-    _sleep_until(flaky["next_attempt"])
+    _sleep_until(max(state[ids[n]]["webhook"]["next_attempt"] for n in ("flaky", "down", "rebind")))
     deliver_due(settings)
     flaky_now = rx.at("/flaky")
     assert len(flaky_now) == 2 and flaky_now[1][0]["webhook-id"] == failed_headers["webhook-id"]
     assert verify(made["flaky"][1], *flaky_now[1]) and len(rx.at("/ok")) == 1
     assert len(rx.at("/rebind")) == 1 and verify(made["rebind"][1], *rx.at("/rebind")[0])
     state = _states(world)
-    assert (state[ids["flaky"]]["webhook"]["status"], state[ids["flaky"]]["webhook"]["delivered"]) == ("active", 1)
+    for name in ("flaky", "rebind"):
+        assert (state[ids[name]]["webhook"]["status"], state[ids[name]]["webhook"]["delivered"]) == ("active", 1)
 
     # the always-down receiver: retried with a doubling wait, then marked failing (JSON and /metrics)
     down = _states(world)[ids["down"]]["webhook"]
@@ -405,19 +415,27 @@ def test_webhook_signed_retried_failing_and_never_twice(world, receiver):
     assert (down["status"], down["failures"], down["delivered"]) == ("failing", 3, 0)
     metrics = httpx.get(f"{api}/metrics", headers=world.auth("ops"), timeout=10).text
     assert 'landsurf_webhooks{status="failing"} 1.0' in metrics
-    assert 'landsurf_webhooks{status="active"} 3.0' in metrics
+    assert 'landsurf_webhooks{status="active"} 4.0' in metrics
 
-    # a later product, delivered by the periodic task of a real `landsurf worker`: only the new item
+    # a later product, delivered by the periodic task of a real `landsurf worker`: only the new item; the slow
+    # receiver answers too late the first time (a failure, though it got the message), so it gets it again, once
     later = _publish(settings, world.out, datetime(2024, 8, 2, 10, 40, tzinfo=timezone.utc))
-    seen = {name: len(rx.at(f"/{name}")) for name in ("ok", "flaky", "rebind")}
-    _worker_until(settings, lambda: all(len(rx.at(f"/{n}")) > seen[n] for n in seen))
-    for name in ("ok", "flaky", "rebind"):
+    seen = {name: len(rx.at(f"/{name}")) for name in ("ok", "flaky", "rebind", "slow")}
+    expected = {name: n + (2 if name == "slow" else 1) for name, n in seen.items()}
+    rx.delays = {"/slow": [TIMEOUT_S + 0.5]}
+    _worker_until(settings, lambda: all(len(rx.at(f"/{n}")) >= expected[n] for n in seen))
+    for name in seen:
         got = rx.at(f"/{name}")
         assert [i["id"] for i in orjson.loads(got[-1][1])["data"]["items"]] == [later], name
         assert verify(made[name][1], *got[-1])
-    assert {name: len(rx.at(f"/{name}")) for name in seen} == {name: n + 1 for name, n in seen.items()}
+    late, again = rx.at("/slow")[-2:]
+    assert late[0]["webhook-id"] == again[0]["webhook-id"] and late[1] == again[1]
+    slow = _states(world)[ids["slow"]]["webhook"]
+    assert (slow["status"], slow["delivered"], slow["failures"]) == ("active", 2, 0)
+    assert f"no answer within {TIMEOUT_S:g} s" in (settings.home / "worker.log").read_text()
+    assert {name: len(rx.at(f"/{name}")) for name in seen} == expected
     deliver_due(settings)
-    assert {name: len(rx.at(f"/{name}")) for name in seen} == {name: n + 1 for name, n in seen.items()}  # once
+    assert {name: len(rx.at(f"/{name}")) for name in seen} == expected  # never twice after a 2xx
     assert world.before not in b"".join(b for _, _, b in rx.requests).decode()
 
     log = (settings.home / f"api-{settings.port}.log").read_text()
@@ -434,7 +452,8 @@ def _sleep_until(stamp: str) -> None:
 
 def _worker_until(settings, done, timeout_s: float = 60) -> None:
     """`landsurf worker` (long-running: its periodic deferrer queues the delivery tick) until `done()`."""
-    env = env_for(settings, **HOOK_ENV, LANDSURF_WEBHOOK_EVERY_S="1")
+    env = env_for(settings, **HOOK_ENV, LANDSURF_WEBHOOK_EVERY_S="1", LANDSURF_WEBHOOK_TIMEOUT_S=str(TIMEOUT_S),
+                  LANDSURF_WEBHOOK_BACKOFF_S=str(BACKOFF_S))
     log = settings.home / "worker.log"
     proc = subprocess.Popen([sys.executable, "-m", "processing.cli", "worker"], env=env, cwd=ROOT,
                             stdin=subprocess.DEVNULL, stdout=log.open("w"), stderr=subprocess.STDOUT)

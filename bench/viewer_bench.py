@@ -286,6 +286,8 @@ def main() -> None:
                               "load_avg_per_round": loads, "load_avg_end": os.getloadavg()},
                   "chromium": version, "viewport": VIEWPORT, "products": products, "size": args.size,
                   "setup_s": setup_s, "view": {k: view[k] for k in ("center", "zoom", "box")},
+                  # what the month was drawn from (items' tiles, or a registered mosaic's), the origin left out
+                  "sources": json.loads(json.dumps(view["sources"]).replace(api.url, "")),
                   "tiles_per_paint": rounds[0]["viewer"]["tiles"], "rounds": rounds, "summary_ms": summary,
                   "ratio_viewer_to_baseline": {"median": statistics.median(ratios), "min": min(ratios),
                                                "max": max(ratios), "rounds": ratios}}

@@ -292,7 +292,8 @@ def make_plan(req: TimelapseRequest, items: Iterable[Mapping[str, Any]], setting
                             f"({_setting('timelapse_max_frames')})", "ask for a shorter period or a lower max_cloud")
     width, height, bounds = frame_shape(req)
     if len(frames) * width * height > settings.timelapse_max_pixels:
-        fits = math.isqrt(settings.timelapse_max_pixels // max(1, len(frames)) * width // height) if height else 0
+        # size² × short/long side ≤ max_pixels / frames
+        fits = math.isqrt(settings.timelapse_max_pixels // len(frames) * max(width, height) // min(width, height))
         raise LimitExceeded(f"{len(frames)} frames of {width}×{height} px are over the maximum of "
                             f"{settings.timelapse_max_pixels} pixels ({_setting('timelapse_max_pixels')})",
                             f"ask for size ≤ {max(MIN_SIZE, fits)} or a shorter period")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import shutil
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -87,6 +90,31 @@ def test_download_metrics_use_the_route_template(api, published_items, operator_
     text = httpx.get(api.url + "/metrics", headers={"Authorization": f"Bearer {operator_token}"}).text
     assert 'route="/download/{path}",status="206"' in text
     assert published_items[1]["id"] not in text
+
+
+def test_download_bytes_are_counted_once_per_response(api, catalog_settings, published_items, operator_token):
+    """`landsurf_download_bytes_total{kind="file"}` grows by each response's body: a range, a whole file, nothing
+    for HEAD or a 304; a file longer than the 8 MiB the counter adds at a time is counted whole (once)."""
+    def counted() -> int:
+        text = httpx.get(api.url + "/metrics", headers={"Authorization": f"Bearer {operator_token}"}).text
+        return int(float(re.search(r'^landsurf_download_bytes_total\{kind="file"\} (\S+)$', text, re.M)[1]))
+
+    asset = published_items[2]["assets"]["FRE_B3"]
+    big = Path(catalog_settings.store_dir) / "tests-counter" / "big.bin"
+    big.parent.mkdir(exist_ok=True)
+    big.write_bytes(np.random.default_rng(3).bytes(9 * 2**20 + 17))
+    try:
+        before = counted()
+        assert httpx.get(asset["href"], headers={"Range": "bytes=0-9"}).status_code == 206
+        whole = httpx.get(asset["href"])
+        assert httpx.head(asset["href"]).status_code == 200
+        assert httpx.get(asset["href"], headers={"If-None-Match": whole.headers["etag"]}).status_code == 304
+        assert counted() - before == 10 + asset["file:size"]
+        long = httpx.get(f"{api.url}/download/tests-counter/big.bin", timeout=30)
+        assert long.status_code == 200 and long.content == big.read_bytes()
+        assert counted() - before == 10 + asset["file:size"] + big.stat().st_size
+    finally:
+        shutil.rmtree(big.parent, ignore_errors=True)
 
 
 def test_odc_stac_loads_pixels_from_a_search_of_this_api(api, published_items):

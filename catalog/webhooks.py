@@ -3,9 +3,10 @@
 The API checks a receiver's URL when a subscription is created; the worker that delivers (processing/webhooks.py)
 checks it again at every connection, on the addresses it is about to connect to, because a name that resolved to
 a public address yesterday may resolve to 127.0.0.1 today (DNS rebinding). An address is refused unless it is
-public (`ipaddress`'s `is_global`, not multicast/reserved; an IPv4 address embedded in an IPv6 one — mapped,
-6to4, Teredo, NAT64 — is judged as well) or inside `LANDSURF_WEBHOOK_ALLOWED_NETWORKS`; every address a name
-resolves to must pass, so a name with one public and one private address is refused.
+public (`ipaddress`'s `is_global`, not multicast/reserved; an IPv4 address embedded in an IPv6 one is judged
+too: alone for mapped and NAT64 addresses, beside the IPv6 one for 6to4 and Teredo) or inside
+`LANDSURF_WEBHOOK_ALLOWED_NETWORKS`; every address a name resolves to must pass, so a name with one public and
+one private address is refused.
 
 Signature (https://www.standardwebhooks.com/, so receivers can use its libraries): headers `webhook-id`,
 `webhook-timestamp` (Unix seconds) and `webhook-signature: v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>`,
@@ -79,18 +80,20 @@ def parse_url(url: object, settings: WebhookSettings) -> tuple[str, int]:
     return host, port or (443 if parts.scheme == "https" else 80)
 
 
-def _embedded_ipv4(ip: Address) -> ipaddress.IPv4Address | None:
+def _embedded_ipv4(ip: Address) -> tuple[ipaddress.IPv4Address | None, bool]:
+    """The IPv4 address an IPv6 one carries, and whether it stands for it alone (mapped, NAT64: only the IPv4 one
+    is judged, so a DNS64 resolver's answers for public hosts pass) or beside it (6to4, Teredo: both are)."""
     if ip.version != 6:
-        return None
+        return None, False
     if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
+        return ip.ipv4_mapped, True
     if ip in NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), True
+    if ip.sixtofour is not None:
+        return ip.sixtofour, False
+    if ip.teredo is not None:
+        return ip.teredo[1], False
+    return None, False
 
 
 def _kind(ip: Address) -> str:
@@ -104,12 +107,12 @@ def _kind(ip: Address) -> str:
 def refusal(ip: Address, settings: WebhookSettings) -> str | None:
     """Why a receiver may not be at `ip`, or None when it may."""
     allowed = [ipaddress.ip_network(n, strict=False) for n in settings.webhook_allowed_networks]
-    inner = _embedded_ipv4(ip)
+    inner, alone = _embedded_ipv4(ip)
     if any(ip in net or (inner is not None and inner in net) for net in allowed):
         return None
-    for addr in (ip, inner):
+    for addr in ((inner,) if alone else (ip, inner)):
         if addr is not None and (not addr.is_global or addr.is_multicast or addr.is_reserved or addr.is_unspecified):
-            return f"{ip} is a {_kind(addr)} address"
+            return f"{ip} is a {_kind(addr)} address" if addr == ip else f"{ip} carries {addr}, a {_kind(addr)} address"
     return None
 
 

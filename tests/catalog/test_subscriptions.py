@@ -312,8 +312,6 @@ def test_webhook_receivers_refused_at_creation(world, url, needle):
 def test_webhook_loopback_and_http_need_the_settings():
     """Without LANDSURF_WEBHOOK_ALLOWED_NETWORKS a loopback receiver is refused; without
     LANDSURF_WEBHOOK_ALLOW_HTTP a plain http one is."""
-    import asyncio
-
     with pytest.raises(WebhookRefused, match="loopback"):
         asyncio.run(check_url("http://127.0.0.1:8080/hook", WebhookSettings(webhook_allow_http=True)))
     with pytest.raises(WebhookRefused, match="private"):
@@ -469,3 +467,52 @@ def _worker_until(settings, done, timeout_s: float = 60) -> None:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.mark.parametrize("address,refused", [
+    ("8.8.8.8", None), ("2606:4700:4700::1111", None),
+    ("100.64.0.1", "address"),              # shared (CGNAT) space
+    ("224.0.0.251", "multicast"),
+    ("2002:7f00:1::1", "loopback"),         # 6to4 of 127.0.0.1
+    ("64:ff9b::a00:1", "private"),          # NAT64 of 10.0.0.1…
+    ("64:ff9b::808:808", None),             # …and of 8.8.8.8 (what DNS64 answers for a public IPv4 host)
+    ("::ffff:169.254.169.254", "link-local"),
+    ("fe80::1", "link-local"), ("fc00::1", "private"),
+])
+def test_webhook_address_policy(address, refused):
+    import ipaddress
+
+    from catalog.webhooks import refusal
+
+    why = refusal(ipaddress.ip_address(address), WebhookSettings())
+    assert (why is None) if refused is None else (why is not None and refused in why), why
+
+
+def test_webhook_item_committed_late_is_still_delivered_once(world, receiver):
+    """An item whose `updated` is older than one already delivered (its publication committed later) is sent, and
+    the one delivered is not sent again: the reason for the sent keys and the settle window."""
+    from catalog.publish import upsert_items
+
+    settings = world.settings.model_copy(update={"webhook_allow_http": True, "webhook_allowed_networks": [LOOPBACK]})
+    r = _hook(world, f"{receiver.url}/late")
+    assert r.status_code == 201, r.text
+    sub_id, secret, created = r.json()["id"], r.json()["webhook"]["secret"], r.json()["created"]
+    with session(settings) as conn:
+        template = conn.execute("SELECT pgstac.get_item(%s, %s)", (world.before, S2_L2A)).fetchone()[0]
+
+    def commit(item_id: str, updated: datetime) -> None:
+        item = {**template, "id": item_id,
+                "properties": {**template["properties"], "updated": updated.isoformat().replace("+00:00", "Z")}}
+        upsert_items(settings, [item])
+
+    stamped_early = datetime.now(timezone.utc)       # its publication begins…
+    assert stamped_early.isoformat() >= datetime.fromisoformat(created.replace("Z", "+00:00")).isoformat()
+    commit("late-b", datetime.now(timezone.utc))      # …another one is stamped after it and commits first
+    [first] = [a for a in deliver(settings, sub_id) if a.outcome == "delivered"]
+    assert first.items == [f"{S2_L2A}/late-b"]
+    commit("late-a", stamped_early)                   # the first one commits now, older than what was delivered
+    [second] = [a for a in deliver(settings, sub_id) if a.outcome == "delivered"]
+    assert second.items == [f"{S2_L2A}/late-a"]
+    got = [[i["id"] for i in orjson.loads(body)["data"]["items"]] for _, body in receiver.at("/late")]
+    assert got == [["late-b"], ["late-a"]] and all(verify(secret, *req) for req in receiver.at("/late"))
+    assert [a.outcome for a in deliver(settings, sub_id)] == ["nothing"] and len(receiver.at("/late")) == 2

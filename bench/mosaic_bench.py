@@ -18,8 +18,9 @@ published by `catalog.publish`; the month's mosaic registered and its overview b
   then the same rescale and PNG encoding. Rounds interleave the two (baseline first in even rounds); a round's
   figure per zoom is the median latency; reported: the median of the per-round ratios app/rio-tiler, min–max.
 * overview (z0–z7): every tile of those zooms over the products, through the app, `--repeat` times each per round:
-  p50/p95 latency and the answer's source (`X-Landsurf-Source`); for context the same tiles of an equivalent search
-  without an overview (dynamic).
+  p50/p95 latency and the answer's source (`X-Landsurf-Source`); for context, the floor (the same tiles read from
+  the overview file in this process, rescaled, PNG) and the same tiles of an equivalent search without an overview
+  (dynamic).
 """
 
 from __future__ import annotations
@@ -145,6 +146,34 @@ class Direct:
         return img.render(img_format="PNG")
 
 
+class OverviewFloor:
+    """The overview's own cost, in this process: the tile read from the file as the tiler reads it, rescale, PNG."""
+
+    def __init__(self, settings, relpath: str) -> None:
+        import rasterio
+
+        from catalog.store import AssetStore
+
+        self.path = AssetStore.from_settings(settings).path(relpath)
+        with rasterio.open(self.path) as ds:
+            self.bands = tuple(ds.descriptions)
+
+    def tile(self, z: int, x: int, y: int) -> bytes | None:
+        import rasterio
+        from rio_tiler.errors import TileOutsideBounds
+
+        from catalog.mosaics import read_overview_tile
+        from catalog.tiles import GDAL_ENV
+
+        with rasterio.Env(**GDAL_ENV):
+            try:
+                img = read_overview_tile(self.path, self.bands, TMS, x, y, z, assets=RENDER["assets"], nodata=-10000)
+            except TileOutsideBounds:
+                return None
+        img.rescale(in_range=((0, 3000),))
+        return img.render(img_format="PNG")
+
+
 def timed(fn) -> float:
     started = time.perf_counter()
     fn()
@@ -197,6 +226,7 @@ def main() -> None:
                                 "metadata": {"name": "the same month, no overview"}}, timeout=30).json()["id"]
         client = httpx.Client(timeout=60)
         direct = Direct(settings, items)
+        floor = OverviewFloor(settings, built.path)
 
         def app_tile(search: str, z: int, x: int, y: int) -> httpx.Response:
             r = client.get(f"{api.url}/raster/searches/{search}/tiles/WebMercatorQuad/{z}/{x}/{y}.png",
@@ -219,7 +249,7 @@ def main() -> None:
 
         rounds = []
         for r in range(args.rounds):
-            rnd: dict = {"dynamic": {}, "overview": {}, "small_dynamic": {}}
+            rnd: dict = {"dynamic": {}, "overview": {}, "small_dynamic": {}, "overview_floor": {}}
             for z in dyn_zooms:
                 order = ["direct", "app"] if r % 2 == 0 else ["app", "direct"]
                 lat: dict[str, list[float]] = {}
@@ -239,6 +269,8 @@ def main() -> None:
                         resp = app_tile(built.search_id, *t)
                         ov.append((time.perf_counter() - started) * 1000)
                         sources.add(resp.headers.get(SOURCE_HEADER, "?"))
+                fl = [timed(lambda t=t: floor.tile(*t)) for _ in range(args.repeat) for t in ts]
+                rnd["overview_floor"][z] = {"p50": statistics.median(fl), "p95": pct(fl, 0.95), "n": len(fl)}
                 for t in ts:  # context: the dynamic mosaic of the same tiles, a few times
                     for _ in range(max(1, args.repeat // 5)):
                         dy.append(timed(lambda t=t: app_tile(twin, *t)))
@@ -269,6 +301,8 @@ def main() -> None:
                 "p50_ms": statistics.median(rnd["overview"][z]["p50"] for rnd in rounds),
                 "p95_ms_median": statistics.median(p95s), "p95_ms_min": min(p95s), "p95_ms_max": max(p95s),
                 "tiles": rounds[0]["overview"][z]["tiles"], "sources": rounds[0]["overview"][z]["sources"],
+                "floor_p50_ms": statistics.median(rnd["overview_floor"][z]["p50"] for rnd in rounds),
+                "floor_p95_ms": statistics.median(rnd["overview_floor"][z]["p95"] for rnd in rounds),
                 "dynamic_p50_ms": statistics.median(rnd["small_dynamic"][z]["p50"] for rnd in rounds),
                 "dynamic_p95_ms": statistics.median(rnd["small_dynamic"][z]["p95"] for rnd in rounds)}
         report = {
@@ -284,11 +318,13 @@ def main() -> None:
         for z, s in summary["dynamic"].items():
             print(f"| {z} | {s['app_p50_ms']:.1f} | {s['direct_p50_ms']:.1f} | **{s['ratio_median']:.2f}** "
                   f"[{s['ratio_min']:.2f}–{s['ratio_max']:.2f}] |")
-        print("\n| zoom | tiles | source | p50 ms | p95 ms median [min–max] | dynamic p50 / p95 ms |")
-        print("|---|---|---|---|---|---|")
+        print("\n| zoom | tiles | source | p50 ms | p95 ms median [min–max] | floor p50 / p95 ms "
+              "| dynamic p50 / p95 ms |")
+        print("|---|---|---|---|---|---|---|")
         for z, s in summary["overview"].items():
             print(f"| {z} | {s['tiles']} | {','.join(s['sources'])} | {s['p50_ms']:.1f} | "
                   f"**{s['p95_ms_median']:.1f}** [{s['p95_ms_min']:.1f}–{s['p95_ms_max']:.1f}] | "
+                  f"{s['floor_p50_ms']:.1f} / {s['floor_p95_ms']:.1f} | "
                   f"{s['dynamic_p50_ms']:.0f} / {s['dynamic_p95_ms']:.0f} |")
     finally:
         if api is not None:

@@ -289,6 +289,8 @@ def mosaics_router() -> APIRouter:
     router = APIRouter(tags=["Monthly mosaics"])
 
     def rows(request: Request, collection: str | None, month: str | None, limit: int, offset: int) -> list:
+        if collection is not None and "\x00" in collection:
+            raise BadRequest("the collection id contains a NUL byte", "give a collection id of GET /collections")
         with request.app.state.dbpool.connection() as conn:
             return conn.execute(_LIST_SQL + " LIMIT %(limit)s OFFSET %(offset)s",
                                 {"collection": collection, "month": month, "limit": limit,

@@ -248,7 +248,7 @@ def build_overview(settings: CatalogSettings, collection: str, month: str, *, fo
                 relpath = relpath.with_name(f"{relpath.stem}-{uuid.uuid4().hex[:6]}.tif")
             from ingest.settings import IngestSettings
 
-            staging = IngestSettings.staging_dir(settings) / f"mosaic-{uuid.uuid4().hex[:16]}"
+            staging = IngestSettings.staging_dir(settings) / f"derive-mosaic-{uuid.uuid4().hex[:16]}"  # swept if killed
             staging.mkdir(parents=True, exist_ok=True)
             try:
                 staged = staging / relpath.name

@@ -24,9 +24,11 @@ from __future__ import annotations
 import calendar
 import json
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
+from threading import Lock
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
@@ -123,6 +125,26 @@ def render_query(render: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------ reading
 
 
+CEILING_TTL_S = 30.0
+_ceiling: dict[str, float] = {"zoom": -1, "at": 0.0}
+_ceiling_lock = Lock()
+
+
+def zoom_ceiling(pool: ConnectionPool) -> int:
+    """The highest zoom any overview answers: a tile above it needs no look-up (the dynamic tiles pay nothing).
+    Known values are kept `CEILING_TTL_S`; "no overview at all" is asked again each time, so the first overview
+    built is used at once."""
+    now = time.monotonic()
+    with _ceiling_lock:
+        if _ceiling["zoom"] >= 0 and now - _ceiling["at"] < CEILING_TTL_S:
+            return int(_ceiling["zoom"])
+    with pool.connection() as conn:
+        zoom = conn.execute("SELECT coalesce(max(max_zoom), -1) FROM landsurf.mosaic_overviews").fetchone()[0]
+    with _ceiling_lock:
+        _ceiling.update(zoom=zoom, at=now)
+    return int(zoom)
+
+
 @dataclass(frozen=True)
 class Overview:
     path: str
@@ -169,7 +191,7 @@ class OverviewBackend(PGSTACBackend):
             self.state.landsurf_source = source
 
     def _usable(self, z: int, kwargs: dict[str, Any]) -> Overview | None:
-        if self.store is None or z > 24 or getattr(self.tms, "id", None) != TMS_ID:
+        if self.store is None or getattr(self.tms, "id", None) != TMS_ID or z > zoom_ceiling(self.pool):
             return None
         selection = kwargs.get("pixel_selection")
         kind = selection if isinstance(selection, type) else type(selection)  # titiler passes the class

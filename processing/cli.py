@@ -377,6 +377,9 @@ def demo(port: Optional[int] = None,
 
         configure_logging("WARNING")
         logging.getLogger().setLevel(logging.WARNING)
+    # the overview of a month's mosaic is built as soon as its L3As are in, within this run (production waits a
+    # minute to fold a burst of publications into one build)
+    os.environ.setdefault("LANDSURF_PROCESSING_MOSAIC_DEBOUNCE_S", "0")
     settings = settings.model_copy(update={"port": port or settings.port})
     names = tuple(t.strip().upper().removeprefix("T") for t in tiles.split(",") if t.strip())
     if not names:
@@ -419,6 +422,8 @@ def demo(port: Optional[int] = None,
     out.print("published: " + ", ".join(f"{n} {c}" for c, n in sorted(report.counts.items())
                                          if not c.endswith("-history")) +
               f" in {time.monotonic() - started:.0f} s", highlight=False)
+    out.print(f"monthly mosaics with their overview (zooms 0-7): {', '.join(report.overviews) or 'none'}",
+              highlight=False)
     out.print(f"viewer: {settings.base_url}/viewer/?month=latest", highlight=False)
     if serve_after:
         serve(host=None, port=settings.port, workers=1)

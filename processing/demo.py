@@ -99,14 +99,17 @@ class DemoReport:
     dems: list[str]
     jobs_planned: int
     counts: dict[str, int]  # current items per collection
+    overviews: list[str]  # "collection YYYY-MM" of each monthly mosaic with its overview built
 
 
 def run_demo(settings: CatalogSettings, plan: DemoPlan, *, work: Path | None = None,
              on_stage: Callable[[str, int | None], None] | None = None,
              on_step: Callable[[str], None] | None = None) -> DemoReport:
     """Deliveries through ingest, the tiles' DEMs registered, then the derived products made by the queue's own
-    planning (the hook of each published L2A and the worker's tick), with no request typed: what production
-    does, run here until nothing is left to do."""
+    planning (the hook of each published L2A and the worker's tick) and the monthly mosaics' overviews (the job
+    each L3A publication plans), with no request typed: what production does, run here until nothing is left to
+    do. The caller sets `LANDSURF_PROCESSING_MOSAIC_DEBOUNCE_S=0` to have the overviews built in this run: a
+    debounced job waits past the moment the queue is empty."""
     from processing.dem import register_dem
     from processing.plan import on_dem_published, tick
     from processing.queue import create_queue, run_worker
@@ -154,7 +157,16 @@ def run_demo(settings: CatalogSettings, plan: DemoPlan, *, work: Path | None = N
     finally:
         done.set()
         beat.join()
-    return DemoReport(ingested, dems, planned, _counts(settings))
+    return DemoReport(ingested, dems, planned, _counts(settings), _overviews(settings))
+
+
+def _overviews(settings: CatalogSettings) -> list[str]:
+    """The months whose mosaic overview is built (the job planned after each L3A publication of the month)."""
+    from catalog.database import session
+
+    with session(settings) as conn:
+        rows = conn.execute("SELECT collection || ' ' || month FROM landsurf.mosaic_overviews ORDER BY 1").fetchall()
+    return [r[0] for r in rows]
 
 
 def _counts(settings: CatalogSettings) -> dict[str, int]:

@@ -11,6 +11,7 @@ import time
 from datetime import date
 
 import httpx
+import morecantile
 
 from catalog.database import session
 from processing.demo import demo_plan
@@ -72,6 +73,16 @@ def test_demo_publishes_l2a_snow_and_l3a_unattended_then_serves_the_viewer():
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
+        # the month's mosaic is registered and its overview built by the job its L3As planned
+        assert f"sentinel2-l3a {month}" in next(ln for ln in lines if ln.startswith("monthly mosaics"))
+        mosaic = httpx.get(f"http://127.0.0.1:{port}/raster/mosaics/sentinel2-l3a/{month}", timeout=10).json()
+        assert mosaic["overview"] and mosaic["overview"]["max_zoom"] == 7
+        west, south, east, north = l3a[0][0]["bbox"]
+        tile = morecantile.tms.get("WebMercatorQuad").tile((west + east) / 2, (south + north) / 2, 6)
+        url = (mosaic["tiles"] if isinstance(mosaic["tiles"], str) else mosaic["tiles"][0])
+        url = url.format(z=tile.z, x=tile.x, y=tile.y)
+        r = httpx.get(url, params={"assets": ["FRC_B4", "FRC_B3", "FRC_B2"], "rescale": "0,3000"}, timeout=30)
+        assert r.status_code == 200 and r.headers.get("x-landsurf-source") == "overview", (r.status_code, r.text[:300])
         page = httpx.get(viewer, timeout=10)
         assert page.status_code == 200 and "maplibre" in page.text.lower()
         landing = httpx.get(f"http://127.0.0.1:{port}/", timeout=10).json()

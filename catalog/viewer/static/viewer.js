@@ -400,6 +400,10 @@ async function loadMonths() {
     $("mosaic-status").textContent = "no L3A collection in this catalog";
     return;
   }
+  // the mosaics' list is asked for at once, beside the months' search (one round trip less before a month draws)
+  const mosaics = getJson(apiUrl(`raster/mosaics?collection=${L3A}&limit=1000`)).then(
+    (listed) => { for (const m of listed.mosaics || []) state.mosaics.set(m.month, m); },
+    (error) => report(`monthly mosaics not listed (${error.message}): months drawn item by item`));
   let url = apiUrl("search"), body = { collections: [L3A], limit: 500 }, pages = 0;
   while (url && pages < MAX_PAGES) {
     const page = await getJson(url, { method: "POST", body: JSON.stringify(body),
@@ -414,12 +418,7 @@ async function loadMonths() {
     body = next && next.merge ? { ...body, ...(next.body || {}) } : (next && next.body);
     pages += 1;
   }
-  try {  // registered monthly mosaics (a month without one is drawn item by item)
-    const listed = await getJson(apiUrl(`raster/mosaics?collection=${L3A}&limit=1000`));
-    for (const m of listed.mosaics || []) state.mosaics.set(m.month, m);
-  } catch (error) {
-    report(`monthly mosaics not listed (${error.message}): months drawn item by item`);
-  }
+  await mosaics;  // registered monthly mosaics (a month without one is drawn item by item)
   const months = [...state.months.keys()].sort().reverse();
   for (const select of [$("month"), $("month-b")]) {
     select.append(...months.map((m) => new Option(m, m)));
@@ -430,7 +429,8 @@ async function loadMonths() {
 async function loadColormaps() {
   const known = await getJson(apiUrl("raster/colorMaps"));
   for (const c of known.colormaps || []) state.tilerColormaps.add(c.id);
-  for (const name of LEGENDS) state.legends.set(name, await getJson(new URL(`legends/${name}.json`, window.location.href).href));
+  const legends = await Promise.all(LEGENDS.map((name) => getJson(new URL(`legends/${name}.json`, window.location.href).href)));
+  LEGENDS.forEach((name, i) => state.legends.set(name, legends[i]));
 }
 
 // What a link may ask the page to show at once (the demo prints one): `?month=YYYY-MM` or `?month=latest` draws that
@@ -461,9 +461,9 @@ async function start() {
   $("download").addEventListener("click", account.download);
   if (state.token) account.signIn();
   try {
-    const { collections } = await getJson(apiUrl("collections"));
+    // independent reads in parallel: the page is ready (and a month asked for by the link drawn) sooner
+    const [{ collections }] = await Promise.all([getJson(apiUrl("collections")), loadColormaps()]);
     for (const c of collections) state.collections.set(c.id, c);
-    await loadColormaps();
     $("collection").append(...collections.filter((c) => !c.id.endsWith("-history"))
       .map((c) => new Option(`${c.title || c.id} (${c.id})`, c.id)));
     if (state.collections.has(DEFAULT_COLLECTION)) $("collection").value = DEFAULT_COLLECTION;

@@ -42,6 +42,8 @@ def box(tmp_path_factory):
     cluster.start()
     planning = os.environ.get("LANDSURF_PROCESSING_AUTO_DERIVE")
     os.environ["LANDSURF_PROCESSING_AUTO_DERIVE"] = "true"  # the production default (the suite turns it off)
+    debounce = os.environ.get("LANDSURF_PROCESSING_MOSAIC_DEBOUNCE_S")
+    os.environ["LANDSURF_PROCESSING_MOSAIC_DEBOUNCE_S"] = "0"  # the months' overview builds run in the same drain
     try:
         prepare_database(settings)
         yield settings, IngestSettings(stable_seconds=0, retry_wait_seconds=0), tmp_path_factory.mktemp("season")
@@ -50,6 +52,10 @@ def box(tmp_path_factory):
             os.environ.pop("LANDSURF_PROCESSING_AUTO_DERIVE", None)
         else:
             os.environ["LANDSURF_PROCESSING_AUTO_DERIVE"] = planning
+        if debounce is None:
+            os.environ.pop("LANDSURF_PROCESSING_MOSAIC_DEBOUNCE_S", None)
+        else:
+            os.environ["LANDSURF_PROCESSING_MOSAIC_DEBOUNCE_S"] = debounce
         cluster.destroy()
         shutil.rmtree(settings.home, ignore_errors=True)
 
@@ -136,7 +142,9 @@ def test_a_season_dropped_in_the_inbox_ends_in_snow_maps_and_l3as_with_lineage(b
     with session(settings) as conn:
         left = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')").fetchone()[0]
         failed = conn.execute("SELECT key, reason FROM landsurf.derived_requests WHERE status = 'failed'").fetchall()
+        overviews = conn.execute("SELECT month, items FROM landsurf.mosaic_overviews ORDER BY month").fetchall()
     assert left == 0 and failed == []
+    assert overviews == [("2024-01", 1), ("2024-02", 1)]  # each month's mosaic overview, built in the same drain
 
 
 def test_a_request_for_a_published_product_answers_at_once(box, season):

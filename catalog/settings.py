@@ -15,6 +15,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 CONFIG = SettingsConfigDict(env_prefix="LANDSURF_", extra="ignore")
 
 
+def checked_networks(entries: list[str]) -> list[str]:
+    """Addresses or networks of a setting, each checked (a typo must stop the start, not open a hole)."""
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{entry!r} is not an address or network") from exc
+    return entries
+
+
 class HomeSettings(BaseSettings):
     """Where the embedded default keeps its database, store and logs."""
 
@@ -130,12 +140,7 @@ class HttpSettings(BaseSettings):
     @field_validator("trusted_proxies", "metrics_scrape_addresses")
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
-        for entry in v:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{entry!r} is not an address or network") from exc
-        return v
+        return checked_networks(v)
 
     @property
     def base_url(self) -> str:
@@ -183,12 +188,7 @@ class WebhookSettings(BaseSettings):
     @field_validator("webhook_allowed_networks")
     @classmethod
     def _check_networks(cls, v: list[str]) -> list[str]:
-        for entry in v:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{entry!r} is not an address or network") from exc
-        return v
+        return checked_networks(v)
 
 
 class CatalogSettings(DatabaseSettings, StoreSettings, HttpSettings, WebhookSettings):

@@ -177,7 +177,7 @@ def atom_feed(row: dict[str, Any], items: list[dict[str, Any]], base: str) -> tu
     """The Atom document (RFC 4287) of a subscription and its items, and its `updated` time."""
     ET.register_namespace("", ATOM)
     feed_url = f"{base}/subscriptions/{row['id']}/feed.atom"
-    stamps = [_parse_time(i.get("properties", {}).get("updated")) for i in items]
+    stamps = [parse_time(i.get("properties", {}).get("updated")) for i in items]
     updated = max([s for s in stamps if s] + [row["created"]])
     feed = ET.Element(f"{{{ATOM}}}feed")
     _text(feed, "id", feed_url)
@@ -196,7 +196,7 @@ def atom_feed(row: dict[str, Any], items: list[dict[str, Any]], base: str) -> tu
         _text(entry, "id", self_url)
         _text(entry, "title", f"{item['id']} ({item['collection']})")
         _text(entry, "updated", _iso(stamp or row["created"]))
-        if (created := _parse_time(props.get("created"))) is not None:
+        if (created := parse_time(props.get("created"))) is not None:
             _text(entry, "published", _iso(created))
         ET.SubElement(entry, f"{{{ATOM}}}link", rel="alternate", href=self_url, type="application/geo+json")
         thumb = _thumbnail(item)
@@ -213,7 +213,8 @@ def atom_feed(row: dict[str, Any], items: list[dict[str, Any]], base: str) -> tu
     return ET.tostring(feed, encoding="utf-8", xml_declaration=True), updated
 
 
-def _parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time of an item (naive ones taken as UTC), or None when it is not one."""
     if not isinstance(value, str):
         return None
     try:

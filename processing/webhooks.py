@@ -39,6 +39,7 @@ from catalog.errors import LandsurfError
 from catalog.logging import get_logger
 from catalog.settings import CatalogSettings
 from catalog.store import api_path
+from catalog.subscriptions import parse_time
 from catalog.webhooks import WebhookRefused, parse_url, resolve, sign, vet
 from processing.queue import WEBHOOK_QUEUE
 
@@ -106,16 +107,6 @@ def client(settings: CatalogSettings) -> httpx.Client:
 
 def _iso(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _parse(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 Key = tuple[str, str, datetime]  # collection, item id, updated
@@ -195,7 +186,7 @@ def _pending(conn: psycopg.Connection, sub: dict[str, Any]) -> tuple[list[Key], 
     features = (found or {}).get("features") or []
     keys = []
     for f in features:
-        updated = _parse((f.get("properties") or {}).get("updated"))
+        updated = parse_time((f.get("properties") or {}).get("updated"))
         if updated is not None and isinstance(f.get("id"), str) and isinstance(f.get("collection"), str):
             keys.append((f["collection"], f["id"], updated))
     sent = {(c, i, u) for c, i, u in conn.execute(

@@ -180,7 +180,8 @@ def snow_map(inputs: SnowInputs, params: SnowParams, out_dir: Path, *, product_i
     snow_pct = round(100 * int(totals[0]) / valid, 2) if valid else 0.0
     cloud_pct = round(100 * int(totals[1]) / valid, 2) if valid else 0.0
     files = {SNW_KEY: write_cog(out_dir / f"{pid}_{SNW_KEY}.tif", codes, grid, SNW_KEY, nodata=NODATA,
-                                description="snow: 0 no snow, 100 snow, 205 cloud, 254 no-data", threads=threads)}
+                                description="snow: 0 no snow, 100 snow, 205 cloud, 254 no-data", threads=threads,
+                                own_overviews=True)}  # the same file, 2× faster (write_cog)
     product = SnowProduct(pid, inputs.l2a_id, out_dir, files, grid, zs if zs is not None else -1, snow_pct,
                           cloud_pct, inputs.dem is None, pass2, params.version)
     files[METADATA_KEY] = write_bytes(out_dir / f"{pid}_MTD_ALL.xml", metadata_xml(product, params), METADATA_KEY,

@@ -93,7 +93,7 @@ def prepare_dem(tile: str, source: Path, out: Path) -> PreparedDem:
     if not (data != DEM_NODATA).any():
         raise RasterInputError(f"the DEM {source.name} has no height on tile {tile}",
                                "give a DEM that covers the tile")
-    cog = write_cog(out, data, grid, DEM_KEY, nodata=DEM_NODATA, description="elevation (m)")
+    cog = write_cog(out, data, grid, DEM_KEY, nodata=DEM_NODATA, description="elevation (m)", own_overviews=True)
     return PreparedDem(tile_grid(tile).tile, cog, grid, aligned is None, source.name)
 
 

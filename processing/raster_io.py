@@ -20,7 +20,6 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.errors import RasterioError
-from rasterio.io import MemoryFile
 from rasterio.shutil import copy as gdal_copy
 from rasterio.windows import Window
 
@@ -153,23 +152,14 @@ def write_cog(path: Path, array: np.ndarray, grid: Grid, key: str, *, nodata: fl
         raise ValueError(f"{key} is averaged in overviews: own_overviews is for nearest-resampled keys")
     part = path.with_name(f".{path.name}.part")
     options = cog_options(key, threads=threads) | ({"LEVEL": str(level)} if level is not None else {})
-    levels = [array, *nearest_overviews(array)] if own_overviews else [array]
-    mems = [MemoryFile() for _ in levels]
+    levels = [np.ascontiguousarray(array), *(nearest_overviews(array) if own_overviews else [])]
     try:
-        for mem, data in zip(mems, levels):
-            with mem.open(driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
-                          dtype=data.dtype.name, crs=grid.crs, transform=grid.transform, nodata=nodata) as ds:
-                ds.write(data, 1)
-                if description and mem is mems[0]:
-                    ds.set_band_description(1, description)
-        source = _vrt_with_overviews(mems, array, grid, nodata, description) if own_overviews else mems[0].name
-        gdal_copy(source, str(part), driver="COG", **options)
+        with rasterio.Env(GDAL_MEM_ENABLE_OPEN="YES"):  # only our own pointers, alive in `levels` meanwhile
+            gdal_copy(_vrt_of_arrays(levels, grid, nodata, description), str(part), driver="COG", **options)
         with open(part, "rb") as fh:
             os.fsync(fh.fileno())
         os.link(part, path)  # O_EXCL for a file GDAL created: fails if `path` appeared meanwhile
     finally:
-        for mem in mems:
-            mem.close()
         part.unlink(missing_ok=True)
     return CogFile(key=key, path=path, size=path.stat().st_size, checksum=multihash(path), media_type=COG)
 
@@ -177,32 +167,44 @@ def write_cog(path: Path, array: np.ndarray, grid: Grid, key: str, *, nodata: fl
 def nearest_overviews(array: np.ndarray, block: int = BLOCK) -> list[np.ndarray]:
     """The overview levels GDAL's COG driver makes with OVERVIEWS=AUTO and NEAREST: each level half the previous
     one (sizes rounded down) until it fits in one block, each pixel the previous level's pixel at
-    int(0.5 + i × ratio) (GDAL's nearest resampling; checked level by level against the driver's own output)."""
+    int(0.5 + i × ratio) (GDAL's nearest resampling; checked level by level against the driver's own output).
+    An even side halves exactly (ratio 2: every other pixel, a strided copy); an odd one needs the index list."""
     out, prev = [], array
     while max(prev.shape) > block:
         h, w = max(prev.shape[0] // 2, 1), max(prev.shape[1] // 2, 1)
-        rows = (0.5 + np.arange(h) * (prev.shape[0] / h)).astype(np.intp)
-        cols = (0.5 + np.arange(w) * (prev.shape[1] / w)).astype(np.intp)
-        prev = prev[rows][:, cols]
+        rows = slice(None, 2 * h, 2) if prev.shape[0] == 2 * h else \
+            (0.5 + np.arange(h) * (prev.shape[0] / h)).astype(np.intp)
+        cols = slice(None, 2 * w, 2) if prev.shape[1] == 2 * w else \
+            (0.5 + np.arange(w) * (prev.shape[1] / w)).astype(np.intp)
+        prev = np.ascontiguousarray(prev[rows][:, cols])
         out.append(prev)
     return out
 
 
-def _vrt_with_overviews(mems: Sequence[MemoryFile], array: np.ndarray, grid: Grid, nodata: float | None,
-                        description: str | None) -> str:
-    """A VRT of the full-resolution raster (mems[0]) with the others as its overviews."""
+def _vrt_of_arrays(levels: Sequence[np.ndarray], grid: Grid, nodata: float | None, description: str | None) -> str:
+    """A VRT of the full-resolution array (levels[0]) with the others as its overviews, each read in place by
+    GDAL's MEM driver (`MEM:::DATAPOINTER`): the COG driver reads the caller's memory, no copy into a GeoTIFF in
+    memory first (that copy cost more than the compression of the SCD outputs; the files are byte-identical)."""
     t = grid.transform
+    array = levels[0]
     dtype = gdal_dtype_name(array.dtype)
     height, width = array.shape
-    ovr = "".join(f'<Overview><SourceFilename relativeToVRT="0">{escape(m.name)}</SourceFilename>'
-                  "<SourceBand>1</SourceBand></Overview>" for m in mems[1:])
+
+    def name(a: np.ndarray) -> str:
+        if not a.flags.c_contiguous:
+            raise ValueError("MEM::: needs a C-contiguous array")
+        return escape(f"MEM:::DATAPOINTER={a.__array_interface__['data'][0]},PIXELS={a.shape[1]},"
+                      f"LINES={a.shape[0]},BANDS=1,DATATYPE={gdal_dtype_name(a.dtype)}")
+
+    ovr = "".join(f'<Overview><SourceFilename relativeToVRT="0">{name(a)}</SourceFilename>'
+                  "<SourceBand>1</SourceBand></Overview>" for a in levels[1:])
     nd = f"<NoDataValue>{nodata!r}</NoDataValue>" if nodata is not None else ""
     desc = f"<Description>{escape(description)}</Description>" if description else ""
     return (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
             f"<SRS>{escape(rasterio.crs.CRS.from_user_input(grid.crs).to_wkt())}</SRS>"
             f"<GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"
             f'<VRTRasterBand dataType="{dtype}" band="1">{desc}{nd}'
-            f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(mems[0].name)}</SourceFilename>'
+            f'<SimpleSource><SourceFilename relativeToVRT="0">{name(array)}</SourceFilename>'
             f'<SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" xSize="{width}" ySize="{height}"/>'
             f'<DstRect xOff="0" yOff="0" xSize="{width}" ySize="{height}"/></SimpleSource>{ovr}</VRTRasterBand>'
             "</VRTDataset>")

@@ -34,6 +34,7 @@ from starlette.middleware import Middleware
 
 from catalog import __version__
 from catalog.auth import WriteGuard, require_role, role_of
+from catalog.collections import HISTORY_SUFFIX
 from catalog.database import resolve_urls
 from catalog.download import DownloadFastPath, Downloads, add_download_routes
 from catalog.errors import DatabaseUnavailable, LandsurfError, SchemaMismatch
@@ -43,6 +44,7 @@ from catalog.metrics import Metrics
 from catalog.operations import inbox_state
 from catalog.openapi import complete_path_parameters, serve_with_public_servers
 from catalog.proxy import ErrorShield, PublicUrl
+from catalog.publish import partition_lock_keys
 from catalog.settings import CatalogSettings
 from catalog.stac import LandsurfClient
 from catalog.transactions import landsurf_extensions
@@ -158,9 +160,17 @@ def _bounded_connection_getter(timeout: float):
     @asynccontextmanager
     async def get_connection(request: Request, readwrite: Literal["r", "w"] = "r") -> AsyncIterator:
         pool = request.app.state.writepool if readwrite == "w" else request.app.state.readpool
+        collection = request.path_params.get("collection_id") if readwrite == "w" else None
         with translate_pgstac_errors():
             async with pool.acquire(timeout=timeout) as conn:
-                yield conn
+                if not collection:
+                    yield conn
+                    return
+                # an item write may create a partition: take the publishers' locks (catalog.publish) until commit
+                async with conn.transaction():
+                    for key in partition_lock_keys(collection, collection + HISTORY_SUFFIX):
+                        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+                    yield conn
 
     return get_connection
 

@@ -170,8 +170,14 @@ def _lock_partitions(conn: psycopg.Connection, *collections: str) -> None:
     products of a year raced into it. Held to the commit, this lock makes the second writer start after the
     first one's partition is visible. Taken after the product lock and in one order, so no two writers deadlock.
     """
-    for name in sorted(collections):
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"pgstac-partitions|{name}",))
+    for key in partition_lock_keys(*collections):
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+
+
+def partition_lock_keys(*collections: str) -> list[str]:
+    """The advisory-lock keys of `_lock_partitions`, in the one order every writer takes them (the API's item
+    writes take the same ones: `catalog.app`)."""
+    return [f"pgstac-partitions|{name}" for name in sorted(set(collections))]
 
 
 def _settle_versions(conn: psycopg.Connection, item: dict) -> tuple[str, str | None]:

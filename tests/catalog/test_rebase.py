@@ -15,12 +15,14 @@ from pypgstac.load import Loader, Methods
 
 from catalog.collections import COLLECTIONS, S2_L2A
 from catalog.database import bounded_url, resolve_urls, session
-from catalog.rebase import rebase
+from catalog.rebase import BATCH, rebase
 from tests.conftest import env_for, run_cli
 
 OLD = "http://old-box.example:8000"
 TEST_COLLECTION = "rebase-test"
-COUNT = 10_000
+# Size is not what is tested (rebase reads by keyset, BATCH rows at a time): enough items for several full
+# batches, an interrupted run that stops after the first and items (1200…) that it has not reached.
+COUNT = 2_000
 
 
 def _old_form(item: dict, n: int, base: str) -> dict:
@@ -38,6 +40,7 @@ def _old_form(item: dict, n: int, base: str) -> dict:
 
 @pytest.fixture(scope="module")
 def old_catalog(catalog_settings, published_items, api):
+    assert COUNT >= 4 * BATCH and COUNT > 1210, "too few items for several batches and an unreached one"
     spec = COLLECTIONS[S2_L2A].to_dict() | {"id": TEST_COLLECTION, "title": "rebase test"}
     template = published_items[0]
     with session(catalog_settings, "admin") as conn:

@@ -81,7 +81,8 @@ def _operations(api) -> list[tuple[str, str, list[dict]]]:
 def _plausible(path: str, item: dict) -> str:
     """A path whose other parameters are real, so that each hostile value reaches deep into the route."""
     values = {"collection_id": item["collection"], "item_id": item["id"], "tileMatrixSetId": "WebMercatorQuad",
-              "z": "14", "x": "1", "y": "1",  # a tile far from the data: each call costs a look-up, not a render "format": "png", "lon": "0.55", "lat": "43.3", "scale": "1",
+              "z": "14", "x": "1", "y": "1",  # a tile far from the data: each call costs a look-up, not a render
+              "format": "png", "lon": "0.55", "lat": "43.3", "scale": "1",
               "search_id": "0", "minx": "0.5", "miny": "43.2", "maxx": "0.6", "maxy": "43.3", "width": "64",
               "height": "64", "path": "x.tif", "algorithm": "hillshade", "colorMapId": "viridis"}
     return re.sub(r"{(\w+)(?::\w+)?}", lambda m: values.get(m.group(1), "x"), path)

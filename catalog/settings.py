@@ -92,6 +92,10 @@ class HttpSettings(BaseSettings):
                           "Unset: http://{host}:{port} of `landsurf serve`.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    keep_alive_s: float = Field(
+        75.0, gt=0, le=600, description="How long an idle client connection stays open. Longer than a client's or "
+        "proxy's own pause between requests (nginx's default is 60–75 s): at uvicorn's 5 s a client sending on a "
+        "connection the server is closing at that instant gets a reset, and a POST is not retried.")
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Addresses (or networks) whose Forwarded / X-Forwarded-* headers are "
                                           "honoured; nobody by default.")

@@ -330,7 +330,7 @@ def serve(host: Optional[str] = typer.Option(None, help="Address to listen on [L
     out.print(f"landsurf API on {settings.base_url}/  (OpenAPI docs: {settings.base_url}/api.html)")
     # forwarded headers are judged by the app (LANDSURF_TRUSTED_PROXIES), never by the server
     options = dict(host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                   proxy_headers=False, server_header=False)
+                   proxy_headers=False, server_header=False, timeout_keep_alive=settings.keep_alive_s)
     if workers == 1:
         uvicorn.run(api_app(settings), **options)
     else:  # worker processes import the factory: they read the same settings from the environment

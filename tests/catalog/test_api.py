@@ -205,3 +205,28 @@ def test_health_says_when_deliveries_do_not_flow(api, catalog_settings, operator
     finally:
         with session(catalog_settings, "admin") as conn:
             conn.execute("DELETE FROM landsurf.inbox_watchers WHERE id = 'test:1'")
+
+
+def test_an_idle_connection_is_kept_past_uvicorns_default(api):
+    """A client pausing between requests (a fuzzer generating a case, QGIS between tiles) reuses its connection:
+    at uvicorn's 5 s default the server closed it, and a POST sent at that instant was reset, not retried."""
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    where = urlsplit(api.url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200
+        sock = conn.sock
+        time.sleep(6.5)
+        conn.request("POST", "/search", body=json.dumps({"limit": 1}), headers={"Content-Type": "application/json"})
+        second = conn.getresponse()
+        second.read()
+        assert second.status == 200
+        assert conn.sock is sock, "the server closed the idle connection: the client had to open another"
+    finally:
+        conn.close()

@@ -57,7 +57,7 @@ def test_schemathesis_finds_no_server_error(api, catalog_settings, tmp_path, sch
     assert report.exists(), proc.stdout[-3000:] + proc.stderr[-2000:]
     cases = list(ET.parse(report).getroot().iter("testcase"))
     assert len(cases) >= 20, f"only {len(cases)} operations fuzzed"
-    problems = [(case.get("name"), child.tag, (child.get("message") or child.text or "")[:400])
+    problems = [(case.get("name"), child.tag, (child.get("message") or child.text or "")[:3000])
                 for case in cases for child in case if child.tag in ("failure", "error")]
     # schemathesis itself sometimes fails to compile a generator for a deep schema (a CPython "AST constructor
     # recursion depth" error, on our side of the wire): that operation is then walked by the test below

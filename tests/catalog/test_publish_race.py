@@ -8,6 +8,8 @@ import threading
 import uuid
 from pathlib import PurePosixPath
 
+import pytest
+
 from catalog.collections import HISTORY_SUFFIX
 from catalog.database import session
 from catalog.publish import publish_product
@@ -30,12 +32,24 @@ def _item(cid: str, n: int) -> dict:
             "assets": {}}
 
 
-def test_concurrent_first_publications_of_a_year_all_commit(catalog_settings):
+@pytest.fixture
+def year_collection(catalog_settings):
+    """A fresh collection and its history, partitioned by year, none created yet: removed after the test."""
     cid = f"race-{uuid.uuid4().hex[:8]}"
     with session(catalog_settings, "admin") as conn:
         for name in (cid, cid + HISTORY_SUFFIX):
             conn.execute("SELECT pgstac.create_collection(%s::jsonb)", (json.dumps(_collection(name)),))
             conn.execute("UPDATE pgstac.collections SET partition_trunc = 'year' WHERE id = %s", (name,))
+    try:
+        yield cid
+    finally:
+        with session(catalog_settings, "admin") as conn:
+            for name in (cid, cid + HISTORY_SUFFIX):
+                conn.execute("SELECT pgstac.delete_collection(%s)", (name,))
+
+
+def test_concurrent_first_publications_of_a_year_all_commit(catalog_settings, year_collection):
+    cid = year_collection
     staging_root = IngestSettings.staging_dir(catalog_settings)
     barrier = threading.Barrier(WRITERS)
     outcomes: dict[int, object] = {}
@@ -51,34 +65,25 @@ def test_concurrent_first_publications_of_a_year_all_commit(catalog_settings):
         except Exception as exc:  # noqa: BLE001 - the failure is the assertion
             outcomes[n] = exc
 
-    try:
-        threads = [threading.Thread(target=publish, args=(n,)) for n in range(WRITERS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert outcomes == {n: "published" for n in range(WRITERS)}
-        with session(catalog_settings) as conn:
-            count = conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s", (cid,)).fetchone()[0]
-        assert count == WRITERS
-    finally:
-        with session(catalog_settings, "admin") as conn:
-            for name in (cid, cid + HISTORY_SUFFIX):
-                conn.execute("SELECT pgstac.delete_collection(%s)", (name,))
+    threads = [threading.Thread(target=publish, args=(n,)) for n in range(WRITERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert outcomes == {n: "published" for n in range(WRITERS)}
+    with session(catalog_settings) as conn:
+        count = conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s", (cid,)).fetchone()[0]
+    assert count == WRITERS
 
 
-def test_concurrent_first_api_writes_of_a_year_all_commit(catalog_settings, api, admin_token):
+def test_concurrent_first_api_writes_of_a_year_all_commit(catalog_settings, api, admin_token, year_collection):
     """The same race through the STAC transactions API: admin POSTs of the first items of a year (5 of 6 answered
     500 before the API took the publishers' partition locks)."""
     import asyncio
 
     import httpx
 
-    cid = f"apirace-{uuid.uuid4().hex[:8]}"
-    with session(catalog_settings, "admin") as conn:
-        for name in (cid, cid + HISTORY_SUFFIX):
-            conn.execute("SELECT pgstac.create_collection(%s::jsonb)", (json.dumps(_collection(name)),))
-            conn.execute("UPDATE pgstac.collections SET partition_trunc = 'year' WHERE id = %s", (name,))
+    cid = year_collection
     headers = {"Authorization": f"Bearer {admin_token}"}
 
     async def post_all() -> list[int]:
@@ -87,13 +92,8 @@ def test_concurrent_first_api_writes_of_a_year_all_commit(catalog_settings, api,
                                              for n in range(WRITERS)))
         return [r.status_code for r in answers]
 
-    try:
-        statuses = asyncio.run(post_all())
-        assert statuses == [201] * WRITERS, statuses
-        with session(catalog_settings, "admin") as conn:
-            n = conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s", (cid,)).fetchone()[0]
-        assert n == WRITERS
-    finally:
-        with session(catalog_settings, "admin") as conn:
-            for name in (cid, cid + HISTORY_SUFFIX):
-                conn.execute("SELECT pgstac.delete_collection(%s)", (name,))
+    statuses = asyncio.run(post_all())
+    assert statuses == [201] * WRITERS, statuses
+    with session(catalog_settings, "admin") as conn:
+        n = conn.execute("SELECT count(*) FROM pgstac.items WHERE collection = %s", (cid,)).fetchone()[0]
+    assert n == WRITERS
